@@ -1,0 +1,1 @@
+"""The HTTP edge: FastAPI routes that call one core function each."""

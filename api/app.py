@@ -1,0 +1,33 @@
+"""The FastAPI application. Never imports torch."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from api import errors
+from api.limits import BodySizeLimit
+from api.routes import health, jobs, pipelines
+from omnijobs import __version__
+from omnijobs.pipelines import load_registry
+from omnijobs.settings import Settings, get_settings
+from omnijobs.store.db import make_engine
+from omnijobs.store.jobs import JobStore
+from workers.celery_app import make_celery
+from workers.publisher import CeleryPublisher
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(title="OmniJobs", version=__version__, description="Durable jobs for any-to-any models.")
+    registry = load_registry(settings.pipelines_path)
+    celery = make_celery(settings)
+    app.state.settings = settings
+    app.state.registry = registry
+    app.state.store = JobStore(make_engine(settings.database_url), registry)
+    app.state.celery = celery
+    app.state.publisher = CeleryPublisher(celery)
+    errors.install(app)
+    for module in (health, jobs, pipelines):
+        app.include_router(module.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,40 @@
+"""Dependencies, as Annotated aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from omnijobs.dispatch import Publisher
+from omnijobs.pipelines import PipelineRegistry
+from omnijobs.settings import Settings
+from omnijobs.store.jobs import JobStore
+
+
+def _store(request: Request) -> JobStore:
+    return request.app.state.store
+
+
+def _registry(request: Request) -> PipelineRegistry:
+    return request.app.state.registry
+
+
+def _publisher(request: Request) -> Publisher:
+    return request.app.state.publisher
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def _base_url(request: Request) -> str:
+    configured = request.app.state.settings.api_base_url
+    return configured.rstrip("/") if configured else str(request.base_url).rstrip("/")
+
+
+StoreDep = Annotated[JobStore, Depends(_store)]
+RegistryDep = Annotated[PipelineRegistry, Depends(_registry)]
+PublisherDep = Annotated[Publisher, Depends(_publisher)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+BaseUrlDep = Annotated[str, Depends(_base_url)]

@@ -1,0 +1,116 @@
+"""Request and response shapes, separate from the tables."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from omnijobs.store.records import JobView, RunView
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pipeline: str = Field(min_length=1, max_length=64)
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] | None = None
+    priority: int = Field(default=0, ge=0, le=9, description="0 (default) to 9 (most urgent)")
+    metadata: dict[str, Any] | None = None
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class StagePublic(BaseModel):
+    name: str
+    status: str
+    attempt: int
+    max_attempts: int
+    params: dict[str, Any]
+    inputs: dict[str, Any] | None
+    outputs: dict[str, Any] | None
+    error: dict[str, Any] | None
+    errors: list[dict[str, Any]]
+    progress: dict[str, Any] | None
+    worker: str | None
+    batch_id: str | None
+    batch_size: int | None
+    created_at: datetime
+    enqueued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    queue_wait_s: float | None
+    run_s: float | None
+
+
+class JobUrls(BaseModel):
+    get: str
+    cancel: str
+    events: str
+
+
+class JobPublic(BaseModel):
+    id: str
+    pipeline: str
+    status: str
+    priority: int
+    inputs: dict[str, Any]
+    params: dict[str, Any]
+    metadata: dict[str, Any]
+    outputs: dict[str, Any] | None
+    error: dict[str, Any] | None
+    stages: list[StagePublic]
+    progress: dict[str, Any]
+    metrics: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    urls: JobUrls
+
+
+class JobList(BaseModel):
+    data: list[JobPublic]
+    next_cursor: str | None
+
+
+def _seconds(a: datetime | None, b: datetime | None) -> float | None:
+    return round((b - a).total_seconds(), 4) if a and b else None
+
+
+def stage_public(r: RunView) -> StagePublic:
+    return StagePublic(
+        name=r.stage, status=r.status, attempt=r.attempt, max_attempts=r.max_attempts, params=r.params,
+        inputs=r.inputs, outputs=r.outputs, error=r.error, errors=r.errors, progress=r.progress,
+        worker=r.worker, batch_id=r.batch_id, batch_size=r.batch_size, created_at=r.created_at,
+        enqueued_at=r.enqueued_at, started_at=r.started_at, finished_at=r.finished_at,
+        queue_wait_s=_seconds(r.enqueued_at or r.created_at, r.started_at), run_s=_seconds(r.started_at, r.finished_at),
+    )
+
+
+def job_public(job: JobView, base_url: str) -> JobPublic:
+    stages = [stage_public(r) for r in job.stages]
+    done = sum(1 for s in stages if s.status == "succeeded")
+    url = f"{base_url}/v1/jobs/{job.id}"
+    return JobPublic(
+        id=str(job.id), pipeline=job.pipeline, status=job.status, priority=job.priority, inputs=job.inputs,
+        params=job.params, metadata=job.metadata, outputs=job.outputs, error=job.error, stages=stages,
+        progress={"stages_done": done, "stages_total": len(stages),
+                  "fraction": round(done / len(stages), 4) if stages else 0.0},
+        metrics={
+            "total_s": _seconds(job.created_at, job.finished_at),
+            "queue_wait_s": _seconds(job.created_at, job.started_at),
+            "stages": {s.name: {"queue_wait_s": s.queue_wait_s, "run_s": s.run_s, "batch_size": s.batch_size}
+                       for s in stages},
+        },
+        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+        urls=JobUrls(get=url, cancel=f"{url}/cancel", events=f"{url}/events"),
+    )

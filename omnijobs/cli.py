@@ -1,0 +1,173 @@
+"""The `omnijobs` command. Each command imports what it needs only when it runs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from omnijobs.errors import OmniJobsError
+from omnijobs.settings import get_settings
+
+app = typer.Typer(help="OmniJobs: durable jobs for any-to-any multimodal models.", no_args_is_help=True)
+models_app = typer.Typer(help="Local models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def _logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the configured database to the newest schema (alembic upgrade head)."""
+    from omnijobs.store.migrate import upgrade
+
+    upgrade(get_settings().database_url)
+    typer.echo("database is at the newest schema")
+
+
+@app.command()
+def api(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+    """Serve the HTTP API."""
+    import uvicorn
+
+    uvicorn.run("api.main:app", host=host, port=port, workers=workers, log_level="info")
+
+
+@app.command()
+def worker(
+    stage: Annotated[str, typer.Option(help="<pipeline>.<stage> to serve")],
+    device: Annotated[str, typer.Option(help="cpu or cuda:N")] = "cpu",
+    loglevel: str = "INFO",
+) -> None:
+    """Run one stage worker: one engine, one device, batch-pulling its stage queue."""
+    from workers.stage_worker import run_worker
+
+    _logging(loglevel)
+    try:
+        run_worker(get_settings(), stage, device, loglevel)
+    except OmniJobsError as exc:
+        _fail(str(exc), 3)
+
+
+@app.command()
+def reconciler(once: bool = False) -> None:
+    """Re-enqueue stage runs whose worker died or whose message was lost."""
+    from omnijobs.pipelines import load_registry
+    from omnijobs.reconciler import run_forever, sweep
+    from omnijobs.store.db import make_engine
+    from omnijobs.store.jobs import JobStore
+    from workers.celery_app import make_celery
+    from workers.publisher import CeleryPublisher
+
+    _logging()
+    settings = get_settings()
+    store = JobStore(make_engine(settings.database_url, pool_size=2), load_registry(settings.pipelines_path))
+    publisher = CeleryPublisher(make_celery(settings))
+    if once:
+        report = sweep(store, publisher, settings.requeue_after_s)
+        typer.echo(json.dumps(report.__dict__))
+        return
+    run_forever(store, publisher, settings.reconcile_interval_s, settings.requeue_after_s)
+
+
+@models_app.command("build-tiny")
+def build_tiny(
+    out: Annotated[Optional[Path], typer.Option(help="models folder (default: OMNIJOBS_MODELS_DIR)")] = None,
+    force: bool = False,
+) -> None:
+    """Build tiny random-weight models of the real classes for every shipped pipeline."""
+    from omnijobs.models.tiny import build_tiny as build
+
+    target = out or get_settings().models_dir
+    started = time.monotonic()
+    built = build(target, force=force)
+    for path in built:
+        typer.echo(f"built {path}")
+    typer.echo(f"{len(built)} model(s) built in {time.monotonic() - started:.1f}s under {target}")
+
+
+@app.command()
+def submit(
+    pipeline: str,
+    values: Annotated[Optional[list[str]], typer.Argument(help="input=value or params.<name>=value")] = None,
+    wait: bool = False,
+    url: Annotated[str, typer.Option(envvar="OMNIJOBS_URL")] = "http://127.0.0.1:8000",
+) -> None:
+    """Submit a job to a running API; with --wait, follow it to the end."""
+    import httpx
+
+    inputs, params = {}, {}
+    for item in values or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            _fail(f"'{item}' is not key=value")
+        value = _parse_value(raw)
+        if key.startswith("params."):
+            params[key.removeprefix("params.")] = value
+        else:
+            inputs[key] = value
+    body = {"pipeline": pipeline, "inputs": inputs, "params": params or None}
+    resp = httpx.post(f"{url}/v1/jobs", json=body, timeout=30)
+    if resp.status_code >= 400:
+        _fail(resp.text, 1)
+    job = resp.json()
+    if not wait:
+        typer.echo(json.dumps(job, indent=2))
+        return
+    _follow(url, job["id"])
+
+
+@app.command()
+def status(job_id: str, url: Annotated[str, typer.Option(envvar="OMNIJOBS_URL")] = "http://127.0.0.1:8000") -> None:
+    """Show a job."""
+    import httpx
+
+    resp = httpx.get(f"{url}/v1/jobs/{job_id}", timeout=30)
+    if resp.status_code >= 400:
+        _fail(resp.text, 1)
+    typer.echo(json.dumps(resp.json(), indent=2))
+
+
+def _follow(url: str, job_id: str) -> None:
+    import httpx
+
+    with typer.progressbar(length=100, label=job_id) as bar:
+        done = 0
+        while True:
+            job = httpx.get(f"{url}/v1/jobs/{job_id}", timeout=30).json()
+            fraction = int(job["progress"]["fraction"] * 100)
+            bar.update(fraction - done)
+            done = fraction
+            if job["status"] in ("succeeded", "failed", "canceled"):
+                break
+            time.sleep(0.3)
+    typer.echo(json.dumps({k: job[k] for k in ("id", "status", "outputs", "error")}, indent=2))
+    if job["status"] != "succeeded":
+        raise typer.Exit(1)
+
+
+def _parse_value(raw: str):
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def main() -> None:
+    try:
+        app()
+    except OmniJobsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)

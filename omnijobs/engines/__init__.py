@@ -1,0 +1,1 @@
+"""Engines: the code that hosts one model and runs a batch of stage requests."""

@@ -1,0 +1,37 @@
+"""What each engine kind consumes and produces: data, so pipelines validate without torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class EngineKind:
+    name: str
+    # "module:Class", imported only inside the worker that hosts it.
+    impl: str
+    # The optional dependency group that provides the engine's packages.
+    extra: str
+    # port -> type; a trailing "?" marks an optional port.
+    inputs: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def required_inputs(self) -> set[str]:
+        return {p for p, t in self.inputs.items() if not t.endswith("?")}
+
+    def input_type(self, port: str) -> str:
+        return self.inputs[port].rstrip("?")
+
+
+ENGINE_KINDS: dict[str, EngineKind] = {
+    kind.name: kind
+    for kind in [
+        EngineKind(
+            name="transformers_lm",
+            impl="omnijobs.engines.transformers_lm:TransformersLMEngine",
+            extra="transformers",
+            inputs={"prompt": "text", "system": "text?"},
+            outputs={"text": "text", "token_ids": "tokens", "usage": "json"},
+        ),
+    ]
+}

@@ -1,0 +1,1 @@
+"""Tiny local models of the real classes, for tests and the embedded demo."""

@@ -1,0 +1,64 @@
+"""`omnijobs models build-tiny`: tiny random-weight models of the real classes, saved per stage.
+
+Outputs are noise, but loading and running them takes the same `from_pretrained` path as a real
+checkpoint does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+# folder under the models dir -> builder. Later model families register theirs here.
+BUILDERS: dict[str, Callable[[Path], None]] = {}
+
+
+def builder(folder: str):
+    def register(fn: Callable[[Path], None]) -> Callable[[Path], None]:
+        BUILDERS[folder] = fn
+        return fn
+
+    return register
+
+
+@builder("tiny/qwen2")
+def build_qwen2_lm(out: Path) -> None:
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from omnijobs.models.tokenizers import train_qwen2_tokenizer
+
+    tokenizer = train_qwen2_tokenizer(out)
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,  # head_dim 32: the smallest the CPU attention of vLLM accepts
+        num_key_value_heads=1,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+    Qwen2ForCausalLM(config).save_pretrained(out)
+
+
+def build_tiny(models_dir: Path, only: list[str] | None = None, force: bool = False) -> list[Path]:
+    """Build every registered tiny model that is missing (or all with force). Returns the folders built."""
+    built = []
+    for folder, build in BUILDERS.items():
+        if only and folder not in only:
+            continue
+        out = Path(models_dir) / folder
+        marker = out / ".omnijobs-tiny.json"
+        if marker.exists() and not force:
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        build(out)
+        marker.write_text(json.dumps({"builder": folder}))
+        built.append(out)
+    return built

@@ -1,0 +1,54 @@
+"""Pure scheduling decisions over a job's stage statuses: what is ready, when a job is done."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from omnijobs.pipelines.spec import PipelineSpec
+from omnijobs.store.states import JobStatus, RunStatus
+
+
+def initial_ready(spec: PipelineSpec) -> list[str]:
+    """Stages fed only by job inputs."""
+    return [name for name, stage in spec.stages.items() if not stage.upstream]
+
+
+def newly_ready(spec: PipelineSpec, statuses: Mapping[str, RunStatus]) -> list[str]:
+    """Waiting stages whose upstream stages have all succeeded (fan-in waits for every branch)."""
+    return [
+        name
+        for name, stage in spec.stages.items()
+        if statuses[name] == RunStatus.WAITING and all(statuses[up] == RunStatus.SUCCEEDED for up in stage.upstream)
+    ]
+
+
+def job_outcome(statuses: Mapping[str, RunStatus]) -> JobStatus | None:
+    """The job's final status once its stages decide it, else None."""
+    values = set(statuses.values())
+    if RunStatus.FAILED in values:
+        return JobStatus.FAILED
+    if values == {RunStatus.SUCCEEDED}:
+        return JobStatus.SUCCEEDED
+    if RunStatus.CANCELED in values and not values & {RunStatus.RUNNING}:
+        return JobStatus.CANCELED
+    return None
+
+
+def job_outputs(spec: PipelineSpec, run_outputs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    outputs = {}
+    for name, ref in spec.outputs.items():
+        stage, _, port = ref.partition(".")
+        outputs[name] = run_outputs.get(stage, {}).get(port)
+    return outputs
+
+
+def resolve_inputs(
+    spec: PipelineSpec, stage: str, job_inputs: Mapping[str, Any], run_outputs: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any]:
+    """The values on a stage's input ports, from job inputs or upstream outputs."""
+    values = {}
+    for port, ref in spec.stages[stage].inputs.items():
+        head, _, tail = ref.partition(".")
+        values[port] = job_inputs.get(tail) if head == "job" else run_outputs.get(head, {}).get(tail)
+    return values

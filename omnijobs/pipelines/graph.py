@@ -1,0 +1,87 @@
+"""Graph checks of a pipeline: references, port types, cycles, and the order of stages."""
+
+from __future__ import annotations
+
+from graphlib import CycleError, TopologicalSorter
+
+from omnijobs.engines.kinds import ENGINE_KINDS
+from omnijobs.errors import SpecError
+from omnijobs.pipelines.spec import PipelineSpec, StageSpec
+
+
+def validate(spec: PipelineSpec) -> None:
+    """Raise SpecError naming file, stage and field for the first problem found."""
+    for stage in spec.stages.values():
+        _check_stage(spec, stage)
+    topological_order(spec)
+    for name, ref in spec.outputs.items():
+        _check_output_ref(spec, ref, stage=None, field=f"outputs.{name}")
+    if not spec.outputs:
+        raise SpecError(spec.source, "a pipeline must declare at least one output", field="outputs")
+
+
+def topological_order(spec: PipelineSpec) -> list[str]:
+    graph = {name: stage.upstream for name, stage in spec.stages.items()}
+    try:
+        return list(TopologicalSorter(graph).static_order())
+    except CycleError as exc:
+        cycle = " -> ".join(exc.args[1])
+        raise SpecError(spec.source, f"stages form a cycle: {cycle}", field="inputs") from None
+
+
+def stage_output_types(spec: PipelineSpec, stage: StageSpec) -> dict[str, str]:
+    kind = ENGINE_KINDS[stage.engine]
+    kept = stage.outputs or list(kind.outputs)
+    return {port: kind.outputs[port] for port in kept}
+
+
+def _check_stage(spec: PipelineSpec, stage: StageSpec) -> None:
+    kind = ENGINE_KINDS.get(stage.engine)
+    if kind is None:
+        known = ", ".join(sorted(ENGINE_KINDS))
+        raise SpecError(spec.source, f"unknown engine '{stage.engine}' (known: {known})", stage.name, "engine")
+    for port in stage.outputs:
+        if port not in kind.outputs:
+            raise SpecError(
+                spec.source, f"engine '{kind.name}' has no output '{port}'", stage.name, f"outputs.{port}"
+            )
+    missing = kind.required_inputs() - set(stage.inputs)
+    if missing:
+        raise SpecError(
+            spec.source, f"required input(s) not wired: {', '.join(sorted(missing))}", stage.name, "inputs"
+        )
+    for port, ref in stage.inputs.items():
+        field = f"inputs.{port}"
+        if port not in kind.inputs:
+            raise SpecError(spec.source, f"engine '{kind.name}' has no input '{port}'", stage.name, field)
+        source_type = _ref_type(spec, ref, stage.name, field)
+        if source_type != kind.input_type(port):
+            raise SpecError(
+                spec.source,
+                f"'{ref}' is {source_type} but input '{port}' takes {kind.input_type(port)}",
+                stage.name,
+                field,
+            )
+
+
+def _ref_type(spec: PipelineSpec, ref: str, stage: str | None, field: str) -> str:
+    head, _, tail = ref.partition(".")
+    if not tail:
+        raise SpecError(spec.source, f"'{ref}' is not of the form job.<input> or <stage>.<output>", stage, field)
+    if head == "job":
+        if tail not in spec.inputs:
+            raise SpecError(spec.source, f"'{ref}' names no input of the pipeline", stage, field)
+        return spec.inputs[tail].type
+    return _check_output_ref(spec, ref, stage, field)
+
+
+def _check_output_ref(spec: PipelineSpec, ref: str, stage: str | None, field: str) -> str:
+    head, _, tail = ref.partition(".")
+    if head not in spec.stages:
+        raise SpecError(spec.source, f"'{ref}' names no stage of the pipeline", stage, field)
+    if head == stage:
+        raise SpecError(spec.source, f"'{ref}' makes the stage depend on itself", stage, field)
+    outputs = stage_output_types(spec, spec.stages[head])
+    if tail not in outputs:
+        raise SpecError(spec.source, f"stage '{head}' has no output '{tail}'", stage, field)
+    return outputs[tail]

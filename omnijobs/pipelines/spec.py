@@ -1,0 +1,126 @@
+"""The typed shape of a pipeline file. Structure only; graph checks live in graph.py."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
+
+# What travels on a port. Small values go inline in the database; the rest through a connector.
+PortType = Literal["text", "tokens", "json", "integer", "number", "boolean", "tensor", "image", "audio", "video"]
+ParamType = Literal["integer", "number", "boolean", "string", "json"]
+
+_PY_TYPE_TO_PARAM: dict[type, str] = {bool: "boolean", int: "integer", float: "number", str: "string"}
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class InputSpec(_Frozen):
+    """One input a job supplies."""
+
+    type: PortType
+    required: bool = True
+    default: Any = None
+    description: str = ""
+    max_length: int | None = Field(default=None, gt=0)
+
+
+class ParamSpec(_Frozen):
+    """One tunable of a stage, with the bounds a job's override must respect."""
+
+    type: ParamType
+    default: Any = None
+    min: float | None = None
+    max: float | None = None
+    choices: list[Any] | None = None
+    nullable: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_shorthand(cls, value: Any) -> Any:
+        # `max_tokens: 32` is shorthand for `{type: integer, default: 32}`.
+        if isinstance(value, dict):
+            return value
+        if value is None:
+            return {"type": "json", "default": None, "nullable": True}
+        kind = _PY_TYPE_TO_PARAM.get(type(value), "json")
+        return {"type": kind, "default": value}
+
+
+class BatchSpec(_Frozen):
+    max_size: int = Field(default=1, ge=1, le=1024)
+    max_wait_ms: int = Field(default=0, ge=0, le=60_000)
+
+
+class StageSpec(_Frozen):
+    name: str = Field(pattern=NAME_PATTERN)
+    engine: str
+    model: str = ""
+    # port name -> "job.<input>" or "<stage>.<output>"
+    inputs: dict[str, str] = Field(default_factory=dict)
+    # The outputs this stage keeps; empty means every output its engine produces.
+    outputs: list[str] = Field(default_factory=list)
+    batch: BatchSpec = Field(default_factory=BatchSpec)
+    timeout_s: float = Field(default=600.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    params: dict[str, ParamSpec] = Field(default_factory=dict)
+    # Static, engine-specific configuration (prompt template, dtype...).
+    options: dict[str, Any] = Field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def upstream(self) -> set[str]:
+        return {ref.split(".", 1)[0] for ref in self.inputs.values() if not ref.startswith("job.")}
+
+    def default_params(self) -> dict[str, Any]:
+        return {name: spec.default for name, spec in self.params.items()}
+
+
+class PipelineSpec(_Frozen):
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    inputs: dict[str, InputSpec]
+    # job output name -> "<stage>.<output>"
+    outputs: dict[str, str]
+    stages: dict[str, StageSpec]
+    source: str = "<memory>"
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _name_stages(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {name: {"name": name, **body} if isinstance(body, dict) else body for name, body in value.items()}
+        return value
+
+    def stage(self, name: str) -> StageSpec:
+        return self.stages[name]
+
+    def queue(self, stage: str) -> str:
+        return f"omni.{self.name}.{stage}"
+
+    def public(self) -> dict[str, Any]:
+        """The description clients see at GET /v1/pipelines/{name}."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "inputs": {k: v.model_dump(exclude_none=True) for k, v in self.inputs.items()},
+            "outputs": dict(self.outputs),
+            "stages": [
+                {
+                    "name": s.name,
+                    "engine": s.engine,
+                    "model": s.model,
+                    "inputs": dict(s.inputs),
+                    "queue": self.queue(s.name),
+                    "batch": s.batch.model_dump(),
+                    "timeout_s": s.timeout_s,
+                    "max_attempts": s.max_attempts,
+                    "params": {k: v.model_dump(exclude_none=True) for k, v in s.params.items()},
+                }
+                for s in self.stages.values()
+            ],
+        }

@@ -1,0 +1,166 @@
+"""Running one batch of a stage: claim, resolve inputs, one engine call, record, hand on.
+
+This is everything a stage worker does per batch; the queue side only feeds it messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from omnijobs.dispatch import Publisher, dispatch
+from omnijobs.engines.base import Engine, StageRequest
+from omnijobs.errors import EngineDead, RetryableStageError
+from omnijobs.pipelines import graph
+from omnijobs.pipelines.spec import PipelineSpec
+from omnijobs.retry import RetryPolicy, error_record
+from omnijobs.store.jobs import JobStore
+from omnijobs.store.records import ClaimedRun
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchReport:
+    received: int = 0
+    claimed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+class CancelFlags:
+    """Run ids of the current batch whose jobs were canceled; engines ask between steps."""
+
+    def __init__(self) -> None:
+        self._ids: frozenset[str] = frozenset()
+
+    def should_stop(self, run_id: str) -> bool:
+        return run_id in self._ids
+
+    def set(self, ids: set[str]) -> None:
+        self._ids = frozenset(ids)
+
+
+class StageRunner:
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        stage: str,
+        engine: Engine,
+        store: JobStore,
+        publisher: Publisher,
+        worker: str,
+        *,
+        lease_s: float = 30.0,
+        policy: RetryPolicy | None = None,
+        on_timeout=None,
+        cancel_flags: CancelFlags | None = None,
+    ):
+        self.spec = spec
+        self.stage = spec.stage(stage)
+        self.engine = engine
+        self.store = store
+        self.publisher = publisher
+        self.worker = worker
+        self.lease_s = lease_s
+        self.policy = policy or RetryPolicy()
+        self.kept_outputs = set(graph.stage_output_types(spec, self.stage))
+        # What to do when a batch overruns the stage's timeout_s; default: exit so the
+        # supervisor restarts the worker with a fresh engine.
+        self.on_timeout = on_timeout or (lambda: os._exit(70))
+        self.cancel_flags = cancel_flags or CancelFlags()
+
+    def run_batch(self, messages: Sequence[tuple[str, int]]) -> BatchReport:
+        report = BatchReport(received=len(messages))
+        size = self.stage.batch.max_size
+        for start in range(0, len(messages), size):
+            self._run_chunk(messages[start : start + size], report)
+        return report
+
+    def _run_chunk(self, messages: Sequence[tuple[str, int]], report: BatchReport) -> None:
+        batch_id = uuid.uuid4().hex[:16]
+        claimed = self.store.claim(messages, self.worker, batch_id, self.lease_s)
+        if not claimed:
+            return
+        report.claimed += len(claimed)
+        report.batch_sizes.append(len(claimed))
+        requests = [StageRequest(str(c.id), c.inputs, c.params) for c in claimed]
+        self.cancel_flags.set(set())
+        started = time.monotonic()
+        with _Heartbeat(self, [c.id for c in claimed]):
+            try:
+                results = self.engine.run(requests)
+                if len(results) != len(requests):
+                    raise EngineDead(f"engine returned {len(results)} results for {len(requests)} requests")
+            except Exception as exc:
+                log.exception("batch %s of %s failed", batch_id, self.stage.name)
+                results = [exc] * len(requests)
+        log.info("batch %s: %d run(s) in %.3fs", batch_id, len(claimed), time.monotonic() - started)
+        engine_dead = None
+        for run, result in zip(claimed, results, strict=True):
+            if isinstance(result, BaseException):
+                report.failed += 1
+                self._record_failure(run, result)
+                if isinstance(result, EngineDead):
+                    engine_dead = result
+            else:
+                report.succeeded += 1
+                outputs = {k: v for k, v in result.items() if k in self.kept_outputs}
+                dispatch(self.store, self.publisher, self.store.complete(run, outputs))
+        if engine_dead is not None:
+            raise engine_dead
+
+    def _record_failure(self, run: ClaimedRun, error: BaseException) -> None:
+        decision = self.policy.decide(error, run.attempt, run.max_attempts)
+        tasks = self.store.fail(run, error_record(error), decision.retry, decision.delay_s, self.worker)
+        dispatch(self.store, self.publisher, tasks)
+
+
+class _Heartbeat:
+    """While a batch runs: renew its leases, notice canceled jobs, and enforce timeout_s."""
+
+    def __init__(self, runner: StageRunner, run_ids: list[uuid.UUID], interval_s: float = 1.0):
+        self.runner = runner
+        self.run_ids = run_ids
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="lease-heartbeat", daemon=True)
+
+    def __enter__(self):
+        self._deadline = time.monotonic() + self.runner.stage.timeout_s
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        store, runner = self.runner.store, self.runner
+        last_renew = time.monotonic()
+        while not self._stop.wait(self.interval_s):
+            try:
+                if time.monotonic() > self._deadline:
+                    self._time_out()
+                    return
+                runner.cancel_flags.set(store.canceled_among(self.run_ids))
+                if time.monotonic() - last_renew >= runner.lease_s / 3:
+                    store.renew_leases(self.run_ids, runner.lease_s)
+                    last_renew = time.monotonic()
+            except Exception:  # a database blip must not kill the batch; the lease has slack
+                log.exception("heartbeat failed")
+
+    def _time_out(self) -> None:
+        runner = self.runner
+        log.error("batch of %s exceeded timeout_s=%s; failing its runs and restarting",
+                  runner.stage.name, runner.stage.timeout_s)
+        error = RetryableStageError(f"stage exceeded its timeout of {runner.stage.timeout_s}s")
+        for run in runner.store.running_claims(self.run_ids):
+            runner._record_failure(run, error)
+        runner.on_timeout()

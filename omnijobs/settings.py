@@ -1,0 +1,49 @@
+"""The one place that reads the environment."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OMNIJOBS_", env_file=None, extra="ignore")
+
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/omnijobs"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+
+    models_dir: Path = Path("~/.cache/omnijobs/models").expanduser()
+    # Extra folders of pipeline YAML files, loaded after the shipped ones.
+    pipelines_path: str = ""  # os.pathsep-separated folders
+
+    artifacts: Literal["file", "shm", "s3"] = "file"
+    artifacts_dir: Path = Path("~/.cache/omnijobs/artifacts").expanduser()
+    # Values whose JSON is larger than this go through the connector instead of the row.
+    inline_max_bytes: int = 64 * 1024
+
+    # Requests larger than this are refused with 413 before they are parsed.
+    max_body_bytes: int = 8 * 1024 * 1024
+
+    # Worker process settings.
+    torch_threads: int = 1
+    worker_hostname: str | None = None
+
+    # Durability: leases and the reconciler.
+    lease_grace_s: float = 30.0
+    requeue_after_s: float = 300.0
+    reconcile_interval_s: float = 10.0
+    # Broker redelivery of unacknowledged messages; must exceed the longest stage timeout.
+    visibility_timeout_s: int = 4 * 3600
+
+    retry_backoff_s: float = 2.0
+    retry_backoff_max_s: float = 300.0
+
+    api_base_url: str = ""
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,396 @@
+"""JobStore: every change of a job or stage run goes through here, as a conditional update."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, and_, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from omnijobs import orchestrator
+from omnijobs.errors import Conflict, InvalidInput, NotFound
+from omnijobs.messages import StageTask
+from omnijobs.pipelines import PipelineRegistry
+from omnijobs.pipelines.spec import PipelineSpec
+from omnijobs.store.db import make_sessions
+from omnijobs.store.records import ClaimedRun, JobView, RunView
+from omnijobs.store.states import FINAL_JOB, JobStatus, RunStatus
+from omnijobs.store.tables import Job, StageRun
+from omnijobs.submission import effective_params
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class JobStore:
+    def __init__(self, engine: Engine, pipelines: PipelineRegistry):
+        self.engine = engine
+        self.pipelines = pipelines
+        self._sessions = make_sessions(engine)
+
+    # ---------------------------------------------------------------- submit and read
+
+    def create_job(
+        self,
+        spec: PipelineSpec,
+        inputs: dict[str, Any],
+        params: dict[str, dict[str, Any]],
+        *,
+        priority: int = 0,
+        metadata: dict | None = None,
+        owner: str | None = None,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+    ) -> tuple[JobView, list[StageTask], bool]:
+        """Write the job and all its stage runs in one transaction.
+
+        Returns (job, tasks to enqueue, created). With an idempotency key already used for the same
+        request, returns the existing job and created=False; for another request, raises Conflict.
+        """
+        now = utcnow()
+        job_id = uuid.uuid4()
+        ready = set(orchestrator.initial_ready(spec))
+        tasks = []
+        try:
+            with self._sessions.begin() as s:
+                s.add(
+                    Job(
+                        id=job_id, pipeline=spec.name, status=JobStatus.QUEUED, owner=owner, priority=priority,
+                        inputs=inputs, params=params, meta=metadata or {}, idempotency_key=idempotency_key,
+                        request_hash=request_hash, created_at=now, updated_at=now,
+                    )
+                )
+                s.flush()
+                for name, stage in spec.stages.items():
+                    run = StageRun(
+                        id=uuid.uuid4(), job_id=job_id, stage=name, queue=spec.queue(name),
+                        status=RunStatus.QUEUED if name in ready else RunStatus.WAITING, attempt=0,
+                        max_attempts=stage.max_attempts, params=effective_params(spec, name, params), errors=[],
+                        created_at=now, updated_at=now,
+                    )
+                    s.add(run)
+                    if name in ready:
+                        tasks.append(StageTask(str(run.id), 0, run.queue, priority))
+        except IntegrityError:
+            if idempotency_key is None:
+                raise
+            # Another request with the same key won the race: answer as it was answered.
+            existing = self.find_idempotent(owner, idempotency_key, request_hash or "")
+            if existing is None:
+                raise
+            return existing, [], False
+        return self.get_job(job_id), tasks, True
+
+    def find_idempotent(self, owner: str | None, key: str, request_hash: str) -> JobView | None:
+        with self._sessions() as s:
+            owner_cond = Job.owner.is_(None) if owner is None else Job.owner == owner
+            job = s.scalars(select(Job).where(owner_cond, Job.idempotency_key == key)).one_or_none()
+            if job is None:
+                return None
+            if job.request_hash != request_hash:
+                raise Conflict("Idempotency-Key was already used with a different request", field="Idempotency-Key")
+            return self._view(s, job)
+
+    def get_job(self, job_id: uuid.UUID | str, owner: str | None = None) -> JobView:
+        with self._sessions() as s:
+            job = s.get(Job, _uuid(job_id))
+            if job is None or (owner is not None and job.owner != owner):
+                raise NotFound(f"no job '{job_id}'", field="id")
+            return self._view(s, job)
+
+    def list_jobs(
+        self,
+        *,
+        owner: str | None = None,
+        status: str | None = None,
+        pipeline: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> tuple[list[JobView], str | None]:
+        """Newest first. The cursor is opaque to clients: (created_at, id) of the last row seen."""
+        q = select(Job)
+        if owner is not None:
+            q = q.where(Job.owner == owner)
+        if status:
+            q = q.where(Job.status == status)
+        if pipeline:
+            q = q.where(Job.pipeline == pipeline)
+        if cursor:
+            at, last_id = _decode_cursor(cursor)
+            q = q.where(or_(Job.created_at < at, and_(Job.created_at == at, Job.id < last_id)))
+        q = q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+        with self._sessions() as s:
+            jobs = list(s.scalars(q))
+            page = [self._view(s, j) for j in jobs[:limit]]
+        next_cursor = _encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
+        return page, next_cursor
+
+    # ---------------------------------------------------------------- worker side
+
+    def claim(self, tasks: Iterable[tuple[str, int]], worker: str, batch_id: str, lease_s: float) -> list[ClaimedRun]:
+        """Take the runs these messages name, if still queued at the expected attempt.
+
+        A duplicate or stale message matches no row and is dropped: that is what makes a
+        delivery run at most once per attempt.
+        """
+        now = utcnow()
+        wanted = {(_uuid(rid), attempt) for rid, attempt in tasks}
+        claimed: list[StageRun] = []
+        with self._sessions.begin() as s:
+            for run_id, attempt in sorted(wanted):
+                row = s.execute(
+                    update(StageRun)
+                    .where(StageRun.id == run_id, StageRun.status == RunStatus.QUEUED, StageRun.attempt == attempt)
+                    .values(status=RunStatus.RUNNING, attempt=StageRun.attempt + 1, worker=worker,
+                            batch_id=batch_id, started_at=now, updated_at=now,
+                            lease_until=now + timedelta(seconds=lease_s))
+                    .returning(StageRun)
+                ).scalar_one_or_none()
+                if row is not None:
+                    claimed.append(row)
+            if not claimed:
+                return []
+            s.execute(
+                update(StageRun).where(StageRun.id.in_([r.id for r in claimed])).values(batch_size=len(claimed))
+            )
+            s.execute(
+                update(Job)
+                .where(Job.id.in_({r.job_id for r in claimed}), Job.status == JobStatus.QUEUED)
+                .values(status=JobStatus.RUNNING, started_at=now, updated_at=now)
+            )
+            result = []
+            for run in claimed:
+                job = s.get(Job, run.job_id)
+                spec = self.pipelines.get(job.pipeline)
+                upstream = self._run_outputs(s, run.job_id)
+                inputs = orchestrator.resolve_inputs(spec, run.stage, job.inputs, upstream)
+                run.inputs = inputs
+                result.append(ClaimedRun(run.id, run.job_id, run.stage, run.attempt, run.max_attempts,
+                                         dict(run.params), inputs))
+        return result
+
+    def renew_leases(self, run_ids: Iterable[uuid.UUID], lease_s: float) -> None:
+        now = utcnow()
+        with self._sessions.begin() as s:
+            s.execute(
+                update(StageRun)
+                .where(StageRun.id.in_(list(run_ids)), StageRun.status == RunStatus.RUNNING)
+                .values(lease_until=now + timedelta(seconds=lease_s))
+            )
+
+    def canceled_among(self, run_ids: Iterable[uuid.UUID]) -> set[str]:
+        with self._sessions() as s:
+            rows = s.scalars(
+                select(StageRun.id).where(StageRun.id.in_(list(run_ids)), StageRun.status == RunStatus.CANCELED)
+            )
+            return {str(r) for r in rows}
+
+    def running_claims(self, run_ids: Iterable[uuid.UUID]) -> list[ClaimedRun]:
+        """The runs among these still running, as claims (for failing them from outside the batch)."""
+        with self._sessions() as s:
+            rows = s.scalars(
+                select(StageRun).where(StageRun.id.in_(list(run_ids)), StageRun.status == RunStatus.RUNNING)
+            )
+            return [ClaimedRun(r.id, r.job_id, r.stage, r.attempt, r.max_attempts, r.params, r.inputs or {})
+                    for r in rows]
+
+    def complete(self, run: ClaimedRun, outputs: dict[str, Any]) -> list[StageTask]:
+        """Record a run's outputs once; return the tasks of the stages that became ready."""
+        now = utcnow()
+        with self._sessions.begin() as s:
+            job = self._lock_job(s, run.job_id)
+            done = s.execute(
+                update(StageRun)
+                .where(StageRun.id == run.id, StageRun.status == RunStatus.RUNNING, StageRun.attempt == run.attempt)
+                .values(status=RunStatus.SUCCEEDED, outputs=outputs, finished_at=now, updated_at=now,
+                        lease_until=None)
+            ).rowcount
+            if not done:
+                return []  # lease lost or job canceled meanwhile: someone else owns the outcome
+            return self._advance(s, job, now)
+
+    def fail(self, run: ClaimedRun, error: dict, retry: bool, delay_s: float = 0.0, worker: str | None = None
+             ) -> list[StageTask]:
+        """Record a failed attempt; queue it again or fail the job. Returns tasks to enqueue."""
+        now = utcnow()
+        with self._sessions.begin() as s:
+            job = self._lock_job(s, run.job_id)
+            row = s.get(StageRun, run.id)
+            if row.status != RunStatus.RUNNING or row.attempt != run.attempt:
+                return []
+            return self._record_failure(s, job, row, error, retry and row.attempt < row.max_attempts,
+                                        delay_s, worker, now)
+
+    def mark_enqueued(self, tasks: Iterable[StageTask]) -> None:
+        ids = [_uuid(t.run_id) for t in tasks]
+        if ids:
+            with self._sessions.begin() as s:
+                s.execute(update(StageRun).where(StageRun.id.in_(ids)).values(enqueued_at=utcnow()))
+
+    # ---------------------------------------------------------------- cancel
+
+    def cancel(self, job_id: uuid.UUID | str, owner: str | None = None) -> JobView:
+        """Cancel a queued or running job. Pending runs never start; running ones are told to stop."""
+        now = utcnow()
+        with self._sessions.begin() as s:
+            job = s.get(Job, _uuid(job_id), with_for_update=True)
+            if job is None or (owner is not None and job.owner != owner):
+                raise NotFound(f"no job '{job_id}'", field="id")
+            if JobStatus(job.status) in FINAL_JOB:
+                raise Conflict(f"job is already {job.status}", field="status")
+            s.execute(
+                update(StageRun)
+                .where(StageRun.job_id == job.id, StageRun.status.in_(
+                    [RunStatus.WAITING, RunStatus.QUEUED, RunStatus.RUNNING]))
+                .values(status=RunStatus.CANCELED, finished_at=now, updated_at=now, lease_until=None)
+            )
+            self._finish_job(job, JobStatus.CANCELED, now, error={"code": "canceled", "message": "canceled by request"})
+        return self.get_job(job_id)
+
+    # ---------------------------------------------------------------- reconciliation
+
+    def expired_leases(self, now: datetime | None = None) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        now = now or utcnow()
+        with self._sessions() as s:
+            rows = s.execute(
+                select(StageRun.id, StageRun.job_id).where(
+                    StageRun.status == RunStatus.RUNNING, StageRun.lease_until < now)
+            ).all()
+        return [(r.id, r.job_id) for r in rows]
+
+    def release_expired(self, run_id: uuid.UUID, job_id: uuid.UUID) -> list[StageTask]:
+        """A worker lost its run (killed, host gone): count the attempt and queue it again or fail."""
+        now = utcnow()
+        with self._sessions.begin() as s:
+            job = self._lock_job(s, job_id)
+            row = s.get(StageRun, run_id)
+            if row.status != RunStatus.RUNNING or row.lease_until is None or row.lease_until >= now:
+                return []
+            error = {"code": "lease_expired", "type": "WorkerLost",
+                     "message": f"worker {row.worker} stopped renewing its lease"}
+            return self._record_failure(s, job, row, error, row.attempt < row.max_attempts, 0.0, row.worker, now)
+
+    def stale_queued(self, older_than_s: float, limit: int = 1000) -> list[StageTask]:
+        """Queued runs whose message may be gone: never enqueued, or enqueued long ago."""
+        cutoff = utcnow() - timedelta(seconds=older_than_s)
+        with self._sessions() as s:
+            rows = s.execute(
+                select(StageRun.id, StageRun.attempt, StageRun.queue, Job.priority)
+                .join(Job, Job.id == StageRun.job_id)
+                .where(StageRun.status == RunStatus.QUEUED,
+                       or_(StageRun.enqueued_at < cutoff,
+                           and_(StageRun.enqueued_at.is_(None), StageRun.updated_at < cutoff)))
+                .limit(limit)
+            ).all()
+        return [StageTask(str(r.id), r.attempt, r.queue, r.priority) for r in rows]
+
+    # ---------------------------------------------------------------- internals
+
+    def _record_failure(self, s: Session, job: Job, row: StageRun, error: dict, retry: bool, delay_s: float,
+                        worker: str | None, now: datetime) -> list[StageTask]:
+        entry = {**error, "attempt": row.attempt, "worker": worker or row.worker, "at": now.isoformat()}
+        row.errors = [*row.errors, entry]
+        row.error = entry
+        row.lease_until = None
+        row.updated_at = now
+        if retry:
+            row.status = RunStatus.QUEUED
+            row.enqueued_at = None
+            return [StageTask(str(row.id), row.attempt, row.queue, job.priority, delay_s)]
+        row.status = RunStatus.FAILED
+        row.finished_at = now
+        s.flush()
+        return self._advance(s, job, now)
+
+    def _advance(self, s: Session, job: Job, now: datetime) -> list[StageTask]:
+        """After a run ended: queue stages that became ready, or finish the job."""
+        spec = self.pipelines.get(job.pipeline)
+        runs = {r.stage: r for r in s.scalars(select(StageRun).where(StageRun.job_id == job.id))}
+        statuses = {name: RunStatus(r.status) for name, r in runs.items()}
+        outcome = orchestrator.job_outcome(statuses)
+        if outcome == JobStatus.FAILED:
+            for r in runs.values():
+                if r.status in (RunStatus.WAITING, RunStatus.QUEUED, RunStatus.RUNNING):
+                    r.status, r.finished_at, r.updated_at, r.lease_until = RunStatus.CANCELED, now, now, None
+            failed = next(r for r in runs.values() if r.status == RunStatus.FAILED)
+            self._finish_job(job, JobStatus.FAILED, now, error={"stage": failed.stage, **(failed.error or {})})
+            return []
+        if outcome == JobStatus.SUCCEEDED:
+            outputs = orchestrator.job_outputs(spec, {n: r.outputs or {} for n, r in runs.items()})
+            self._finish_job(job, JobStatus.SUCCEEDED, now, outputs=outputs)
+            return []
+        tasks = []
+        for name in orchestrator.newly_ready(spec, statuses):
+            run = runs[name]
+            run.status, run.updated_at = RunStatus.QUEUED, now
+            tasks.append(StageTask(str(run.id), run.attempt, run.queue, job.priority))
+        return tasks
+
+    @staticmethod
+    def _finish_job(job: Job, status: JobStatus, now: datetime, outputs: dict | None = None,
+                    error: dict | None = None) -> None:
+        job.status, job.finished_at, job.updated_at = status, now, now
+        job.outputs, job.error = outputs, error
+
+    @staticmethod
+    def _lock_job(s: Session, job_id: uuid.UUID) -> Job:
+        # Serialises decisions about one job (fan-in, finalisation) across workers.
+        return s.get(Job, job_id, with_for_update=True)
+
+    @staticmethod
+    def _run_outputs(s: Session, job_id: uuid.UUID) -> dict[str, dict]:
+        rows = s.execute(
+            select(StageRun.stage, StageRun.outputs).where(
+                StageRun.job_id == job_id, StageRun.status == RunStatus.SUCCEEDED)
+        ).all()
+        return {r.stage: r.outputs or {} for r in rows}
+
+    def _view(self, s: Session, job: Job) -> JobView:
+        runs = s.scalars(select(StageRun).where(StageRun.job_id == job.id)).all()
+        spec_order = {name: i for i, name in enumerate(self.pipelines.get(job.pipeline).stages)} \
+            if job.pipeline in self.pipelines else {}
+        return JobView(
+            id=job.id, pipeline=job.pipeline, status=job.status, owner=job.owner, priority=job.priority,
+            inputs=job.inputs, params=job.params, metadata=job.meta, outputs=job.outputs, error=job.error,
+            created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+            stages=[
+                RunView(
+                    id=r.id, stage=r.stage, status=r.status, attempt=r.attempt, max_attempts=r.max_attempts,
+                    params=r.params, inputs=r.inputs, outputs=r.outputs, error=r.error, errors=r.errors,
+                    progress=r.progress, worker=r.worker, batch_id=r.batch_id, batch_size=r.batch_size,
+                    created_at=r.created_at, enqueued_at=r.enqueued_at, started_at=r.started_at,
+                    finished_at=r.finished_at, lease_until=r.lease_until,
+                )
+                for r in sorted(runs, key=lambda r: spec_order.get(r.stage, 0))
+            ],
+        )
+
+
+def _uuid(value: uuid.UUID | str) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise NotFound(f"no job '{value}'", field="id") from None
+
+
+def _encode_cursor(job: Job) -> str:
+    raw = json.dumps([job.created_at.isoformat(), str(job.id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        at, job_id = json.loads(raw)
+        return datetime.fromisoformat(at), uuid.UUID(job_id)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput("cursor is not one this API returned", field="cursor") from exc

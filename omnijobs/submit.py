@@ -1,0 +1,49 @@
+"""Accepting a job: validate, write job + stage runs in one transaction, then enqueue."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from omnijobs.dispatch import Publisher, dispatch
+from omnijobs.pipelines import PipelineRegistry
+from omnijobs.store.jobs import JobStore
+from omnijobs.store.records import JobView
+from omnijobs.submission import validate_inputs, validate_params
+
+
+def request_hash(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def submit(
+    store: JobStore,
+    registry: PipelineRegistry,
+    publisher: Publisher,
+    *,
+    pipeline: str,
+    inputs: Any,
+    params: Any = None,
+    priority: int = 0,
+    metadata: dict | None = None,
+    owner: str | None = None,
+    idempotency_key: str | None = None,
+) -> tuple[JobView, bool]:
+    """Returns (job, created). Raises RequestError subclasses before anything is written."""
+    spec = registry.get(pipeline)
+    clean_inputs = validate_inputs(spec, inputs)
+    clean_params = validate_params(spec, params)
+    digest = None
+    if idempotency_key is not None:
+        digest = request_hash({"pipeline": pipeline, "inputs": inputs, "params": params, "priority": priority,
+                               "metadata": metadata})
+        existing = store.find_idempotent(owner, idempotency_key, digest)
+        if existing is not None:
+            return existing, False
+    job, tasks, created = store.create_job(
+        spec, clean_inputs, clean_params, priority=priority, metadata=metadata, owner=owner,
+        idempotency_key=idempotency_key, request_hash=digest,
+    )
+    dispatch(store, publisher, tasks)
+    return job, created

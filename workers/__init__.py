@@ -1,0 +1,1 @@
+"""The queue side: the Celery app and the stage worker entrypoint."""
