@@ -31,6 +31,7 @@ class ErrorResponse(BaseModel):
 
 
 class StagePublic(BaseModel):
+    id: str
     name: str
     status: str
     attempt: int
@@ -88,7 +89,7 @@ def _seconds(a: datetime | None, b: datetime | None) -> float | None:
 
 def stage_public(r: RunView) -> StagePublic:
     return StagePublic(
-        name=r.stage, status=r.status, attempt=r.attempt, max_attempts=r.max_attempts, params=r.params,
+        id=str(r.id), name=r.stage, status=r.status, attempt=r.attempt, max_attempts=r.max_attempts, params=r.params,
         inputs=r.inputs, outputs=r.outputs, error=r.error, errors=r.errors, progress=r.progress,
         worker=r.worker, batch_id=r.batch_id, batch_size=r.batch_size, created_at=r.created_at,
         enqueued_at=r.enqueued_at, started_at=r.started_at, finished_at=r.finished_at,

@@ -104,17 +104,27 @@ class StageRunner:
         log.info("batch %s: %d run(s) in %.3fs", batch_id, len(claimed), time.monotonic() - started)
         engine_dead = None
         for run, result in zip(claimed, results, strict=True):
+            if isinstance(result, EngineDead):
+                engine_dead = result
+            try:
+                self._record(run, result)
+            except Exception as exc:  # one row's bad output must not strand the others
+                log.exception("could not record run %s", run.id)
+                result = RetryableStageError(f"could not record the result: {type(exc).__name__}: {exc}")
+                self._record_failure(run, result)
             if isinstance(result, BaseException):
                 report.failed += 1
-                self._record_failure(run, result)
-                if isinstance(result, EngineDead):
-                    engine_dead = result
             else:
                 report.succeeded += 1
-                outputs = {k: v for k, v in result.items() if k in self.kept_outputs}
-                dispatch(self.store, self.publisher, self.store.complete(run, outputs))
         if engine_dead is not None:
             raise engine_dead
+
+    def _record(self, run: ClaimedRun, result) -> None:
+        if isinstance(result, BaseException):
+            self._record_failure(run, result)
+            return
+        outputs = {k: v for k, v in result.items() if k in self.kept_outputs}
+        dispatch(self.store, self.publisher, self.store.complete(run, outputs))
 
     def _record_failure(self, run: ClaimedRun, error: BaseException) -> None:
         decision = self.policy.decide(error, run.attempt, run.max_attempts)

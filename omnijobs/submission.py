@@ -139,3 +139,17 @@ def _kind(value: Any) -> str:
 
 def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def reject_nul(value: Any, field: str = "") -> None:
+    """NUL characters cannot be stored in the job's JSON columns: refuse them up front."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidInput("strings may not contain NUL (\\u0000) characters", field=field or None)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            reject_nul(k, field)
+            reject_nul(v, f"{field}.{k}" if field else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            reject_nul(v, f"{field}.{i}")

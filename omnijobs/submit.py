@@ -10,7 +10,7 @@ from omnijobs.dispatch import Publisher, dispatch
 from omnijobs.pipelines import PipelineRegistry
 from omnijobs.store.jobs import JobStore
 from omnijobs.store.records import JobView
-from omnijobs.submission import validate_inputs, validate_params
+from omnijobs.submission import reject_nul, validate_inputs, validate_params
 
 
 def request_hash(body: dict[str, Any]) -> str:
@@ -32,6 +32,7 @@ def submit(
 ) -> tuple[JobView, bool]:
     """Returns (job, created). Raises RequestError subclasses before anything is written."""
     spec = registry.get(pipeline)
+    reject_nul({"inputs": inputs, "params": params, "metadata": metadata})
     clean_inputs = validate_inputs(spec, inputs)
     clean_params = validate_params(spec, params)
     digest = None

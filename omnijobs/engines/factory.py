@@ -6,7 +6,7 @@ import importlib
 from pathlib import Path
 
 from omnijobs.engines.base import Engine, EngineContext
-from omnijobs.engines.kinds import ENGINE_KINDS
+from omnijobs.engines.kinds import engine_kind
 from omnijobs.errors import MissingExtra
 from omnijobs.pipelines.spec import StageSpec
 
@@ -18,12 +18,12 @@ def resolve_model_path(model: str, models_dir: Path) -> Path:
 
 
 def create_engine(stage: StageSpec, device: str, models_dir: Path, **ctx_kwargs) -> Engine:
-    kind = ENGINE_KINDS[stage.engine]
+    kind = engine_kind(stage.engine)
     module_name, _, class_name = kind.impl.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name and not exc.name.startswith("omnijobs"):
+        if kind.extra and exc.name and not exc.name.startswith("omnijobs"):
             raise MissingExtra(exc.name, kind.extra) from exc
         raise
     cls = getattr(module, class_name)

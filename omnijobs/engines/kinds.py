@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 
 
@@ -35,3 +36,17 @@ ENGINE_KINDS: dict[str, EngineKind] = {
         ),
     ]
 }
+
+
+def engine_kind(name: str) -> EngineKind | None:
+    """A shipped kind by name, or a user's kind given as "<module>:<EngineKind attribute>"."""
+    if name in ENGINE_KINDS:
+        return ENGINE_KINDS[name]
+    module_name, sep, attr = name.partition(":")
+    if not sep:
+        return None
+    try:
+        kind = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError):
+        return None
+    return kind if isinstance(kind, EngineKind) else None

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
 
 
 def configure_threads(threads: int) -> None:
     """Pin torch's CPU threads; a busy neighbour process otherwise makes tiny models 10-100x slower."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
     os.environ["MKL_NUM_THREADS"] = str(threads)
+    if "torch" not in sys.modules:
+        return  # torch reads the variables when an engine imports it
     import torch
 
     torch.set_num_threads(threads)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from graphlib import CycleError, TopologicalSorter
 
-from omnijobs.engines.kinds import ENGINE_KINDS
+from omnijobs.engines.kinds import ENGINE_KINDS, engine_kind
 from omnijobs.errors import SpecError
 from omnijobs.pipelines.spec import PipelineSpec, StageSpec
 
@@ -30,16 +30,19 @@ def topological_order(spec: PipelineSpec) -> list[str]:
 
 
 def stage_output_types(spec: PipelineSpec, stage: StageSpec) -> dict[str, str]:
-    kind = ENGINE_KINDS[stage.engine]
+    kind = engine_kind(stage.engine)
     kept = stage.outputs or list(kind.outputs)
     return {port: kind.outputs[port] for port in kept}
 
 
 def _check_stage(spec: PipelineSpec, stage: StageSpec) -> None:
-    kind = ENGINE_KINDS.get(stage.engine)
+    kind = engine_kind(stage.engine)
     if kind is None:
         known = ", ".join(sorted(ENGINE_KINDS))
-        raise SpecError(spec.source, f"unknown engine '{stage.engine}' (known: {known})", stage.name, "engine")
+        raise SpecError(
+            spec.source, f"unknown engine '{stage.engine}' (known: {known}, or <module>:<EngineKind>)",
+            stage.name, "engine",
+        )
     for port in stage.outputs:
         if port not in kind.outputs:
             raise SpecError(

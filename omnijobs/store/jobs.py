@@ -209,7 +209,7 @@ class JobStore:
             done = s.execute(
                 update(StageRun)
                 .where(StageRun.id == run.id, StageRun.status == RunStatus.RUNNING, StageRun.attempt == run.attempt)
-                .values(status=RunStatus.SUCCEEDED, outputs=outputs, finished_at=now, updated_at=now,
+                .values(status=RunStatus.SUCCEEDED, outputs=json_safe(outputs), finished_at=now, updated_at=now,
                         lease_until=None)
             ).rowcount
             if not done:
@@ -371,6 +371,17 @@ class JobStore:
                 for r in sorted(runs, key=lambda r: spec_order.get(r.stage, 0))
             ],
         )
+
+
+def json_safe(value: Any) -> Any:
+    """Postgres JSON cannot hold NUL characters, which byte-level tokenizers can decode to."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def _uuid(value: uuid.UUID | str) -> uuid.UUID:

@@ -1,0 +1,3 @@
+from omnijobs.cli import main
+
+main()
