@@ -21,6 +21,12 @@ class Settings(BaseSettings):
 
     artifacts: Literal["file", "shm", "s3"] = "file"
     artifacts_dir: Path = Path("~/.cache/omnijobs/artifacts").expanduser()
+    s3_bucket: str = "omnijobs"
+    s3_endpoint_url: str | None = None  # None: AWS itself
+    s3_access_key: str | None = None  # None: boto3's default credential chain
+    s3_secret_key: str | None = None
+    s3_region: str = "us-east-1"
+    s3_prefix: str = ""
     # Values whose JSON is larger than this go through the connector instead of the row.
     inline_max_bytes: int = 64 * 1024
 

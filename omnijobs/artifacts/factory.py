@@ -11,12 +11,12 @@ def _s3(settings) -> Connector:
     from omnijobs.artifacts.s3 import S3Connector
 
     return S3Connector(
-        bucket=getattr(settings, "s3_bucket", "omnijobs"),
-        endpoint_url=getattr(settings, "s3_endpoint_url", None),
-        access_key=getattr(settings, "s3_access_key", None),
-        secret_key=getattr(settings, "s3_secret_key", None),
-        region=getattr(settings, "s3_region", "us-east-1"),
-        prefix=getattr(settings, "s3_prefix", ""),
+        bucket=settings.s3_bucket,
+        endpoint_url=settings.s3_endpoint_url,
+        access_key=settings.s3_access_key,
+        secret_key=settings.s3_secret_key,
+        region=settings.s3_region,
+        prefix=settings.s3_prefix,
     )
 
 

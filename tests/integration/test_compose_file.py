@@ -29,13 +29,6 @@ ENV_EXAMPLE = COMPOSE_DIR / ".env.example"
 
 SECRETS = ("POSTGRES_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY")
 
-# TODO-lead: drop once Settings has s3_*
-S3_ENV_NAMES = {
-    "OMNIJOBS_S3_ENDPOINT_URL",
-    "OMNIJOBS_S3_BUCKET",
-    "OMNIJOBS_S3_ACCESS_KEY",
-    "OMNIJOBS_S3_SECRET_KEY",
-}
 
 
 def _compose_binary() -> Path:
@@ -207,7 +200,7 @@ def test_cpu_override_drops_gpus(cpu_model):
 @pytest.mark.parametrize("which", ["base", "cpu"])
 def test_environment_names_are_settings_the_code_reads(which, base_model, cpu_model):
     model = base_model if which == "base" else cpu_model
-    known = {f"OMNIJOBS_{field.upper()}" for field in Settings.model_fields} | S3_ENV_NAMES
+    known = {f"OMNIJOBS_{field.upper()}" for field in Settings.model_fields}
     used = {
         key
         for service in model["services"].values()

@@ -1,4 +1,3 @@
-from types import SimpleNamespace
 
 import pytest
 
@@ -9,7 +8,7 @@ from omnijobs.settings import Settings
 def test_make_connector_by_setting(tmp_path):
     assert isinstance(make_connector(Settings(artifacts="file", artifacts_dir=tmp_path)), FileConnector)
     assert isinstance(make_connector(Settings(artifacts="shm")), ShmConnector)
-    s3 = make_connector(SimpleNamespace(artifacts="s3", s3_bucket="b1", s3_endpoint_url="http://127.0.0.1:1"))
+    s3 = make_connector(Settings(artifacts="s3", s3_bucket="b1", s3_endpoint_url="http://127.0.0.1:1"))
     assert s3.scheme == "s3" and s3.bucket == "b1"
 
 
