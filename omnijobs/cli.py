@@ -82,6 +82,15 @@ def reconciler(once: bool = False) -> None:
     run_forever(store, publisher, settings.reconcile_interval_s, settings.requeue_after_s)
 
 
+@app.command()
+def demo(logs: Path = Path("demo-logs")) -> None:
+    """Run the API and a worker per stage here, submit a demo job of each pipeline, print the outputs."""
+    from omnijobs.demo import run_demo
+
+    _logging("WARNING")
+    raise typer.Exit(run_demo(get_settings(), logs, echo=typer.echo))
+
+
 @models_app.command("build-tiny")
 def build_tiny(
     out: Annotated[Optional[Path], typer.Option(help="models folder (default: OMNIJOBS_MODELS_DIR)")] = None,

@@ -47,6 +47,6 @@ def engine_kind(name: str) -> EngineKind | None:
         return None
     try:
         kind = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError):
+    except (ImportError, AttributeError, ValueError, TypeError):
         return None
     return kind if isinstance(kind, EngineKind) else None

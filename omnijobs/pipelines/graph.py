@@ -12,6 +12,8 @@ from omnijobs.pipelines.spec import PipelineSpec, StageSpec
 def validate(spec: PipelineSpec) -> None:
     """Raise SpecError naming file, stage and field for the first problem found."""
     for stage in spec.stages.values():
+        _check_engine(spec, stage)
+    for stage in spec.stages.values():
         _check_stage(spec, stage)
     topological_order(spec)
     for name, ref in spec.outputs.items():
@@ -35,14 +37,17 @@ def stage_output_types(spec: PipelineSpec, stage: StageSpec) -> dict[str, str]:
     return {port: kind.outputs[port] for port in kept}
 
 
-def _check_stage(spec: PipelineSpec, stage: StageSpec) -> None:
-    kind = engine_kind(stage.engine)
-    if kind is None:
+def _check_engine(spec: PipelineSpec, stage: StageSpec) -> None:
+    if engine_kind(stage.engine) is None:
         known = ", ".join(sorted(ENGINE_KINDS))
         raise SpecError(
             spec.source, f"unknown engine '{stage.engine}' (known: {known}, or <module>:<EngineKind>)",
             stage.name, "engine",
         )
+
+
+def _check_stage(spec: PipelineSpec, stage: StageSpec) -> None:
+    kind = engine_kind(stage.engine)
     for port in stage.outputs:
         if port not in kind.outputs:
             raise SpecError(

@@ -21,6 +21,9 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, (str, int, float, bool)) and key is not None:
+            line = key_node.start_mark.line + 1
+            raise yaml.constructor.ConstructorError(None, None, f"keys must be plain values (line {line})")
         if key in seen:
             line = key_node.start_mark.line + 1
             raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}' (line {line})")
@@ -47,6 +50,11 @@ def parse(text: str, source: str = "<memory>") -> PipelineSpec:
         raise SpecError(source, f"invalid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise SpecError(source, "a pipeline file must be a mapping")
+    stages = data.get("stages")
+    if isinstance(stages, dict):
+        for name, body in stages.items():
+            if isinstance(body, dict) and body.get("name", name) != name:
+                raise SpecError(source, f"says name '{body['name']}'; the key is the stage's name", str(name), "name")
     try:
         spec = PipelineSpec.model_validate({**data, "source": source})
     except ValidationError as exc:

@@ -92,9 +92,12 @@ class PipelineSpec(_Frozen):
     @field_validator("stages", mode="before")
     @classmethod
     def _name_stages(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            return {name: {"name": name, **body} if isinstance(body, dict) else body for name, body in value.items()}
-        return value
+        if not isinstance(value, dict):
+            return value
+        for name, body in value.items():
+            if isinstance(body, dict) and body.get("name", name) != name:
+                raise ValueError(f"stage '{name}' says name '{body['name']}': the key is the stage's name")
+        return {name: {**body, "name": name} if isinstance(body, dict) else body for name, body in value.items()}
 
     def stage(self, name: str) -> StageSpec:
         return self.stages[name]

@@ -263,12 +263,6 @@ def test_unknown_custom_engine(engine):
     assert f"unknown engine '{engine}'" in str(err)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="BUG: graph._check_output_ref calls stage_output_types on an upstream stage whose engine is unknown "
-    "before that stage was checked, so it raises AttributeError ('NoneType' has no attribute 'outputs')",
-)
 def test_unknown_engine_on_upstream_stage_listed_after_its_consumer():
     stages = """
     down:
@@ -282,12 +276,6 @@ def test_unknown_engine_on_upstream_stage_listed_after_its_consumer():
     assert_names(err, stage="up", field="engine")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="BUG: engines.kinds.engine_kind only catches ImportError/AttributeError; importlib.import_module('') "
-    "raises ValueError, so engine ':ECHO' escapes as ValueError instead of SpecError",
-)
 def test_custom_engine_with_empty_module_is_a_spec_error():
     err = spec_error(pipeline("gen:\n  engine: ':ECHO'\n  inputs: {prompt: job.prompt}\n"))
     assert_names(err, stage="gen", field="engine")
@@ -376,24 +364,11 @@ def test_load_file_missing(tmp_path):
     assert "cannot read" in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="BUG: loader._construct_mapping does `key in seen` on an unhashable key (YAML `? [a]`), "
-    "raising TypeError instead of a SpecError naming the file",
-)
 def test_unhashable_yaml_key_is_a_spec_error():
     err = spec_error("? [a]\n: 1\n")
     assert_names(err)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: StageSpec 'name' in the stage body overrides the mapping key (spec._name_stages), so "
-    "stages['a'].name == 'b': store/jobs.py queues on spec.queue('a') but workers/stage_worker.py listens "
-    "on spec.queue(stage.name)='omni.p.b', and validate_params(top-level) does spec.stages['b'] -> KeyError",
-)
 def test_stage_body_name_cannot_differ_from_its_key():
     text = pipeline("a:\n  name: b\n  engine: transformers_lm\n  inputs: {prompt: job.prompt}\n", outputs="t: a.text")
     try:
