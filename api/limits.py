@@ -47,4 +47,4 @@ class BodySizeLimit:
 
 
 class _TooLarge(Exception):
-    pass
+    """Raised inside the app's receive() to abandon the request at the limit."""

@@ -74,6 +74,8 @@ def _spawn(args: list[str], log: Path) -> subprocess.Popen:
 
 
 def _wait(ready, procs: list[subprocess.Popen], timeout: float = 180) -> None:
+    import httpx
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         dead = [p for p in procs if p.poll() is not None]
@@ -82,8 +84,8 @@ def _wait(ready, procs: list[subprocess.Popen], timeout: float = 180) -> None:
         try:
             if ready():  # jobs submitted before a worker is up simply wait in its queue
                 return
-        except Exception:
-            pass
+        except httpx.HTTPError:
+            pass  # the API is still starting
         time.sleep(0.5)
     raise TimeoutError("the API did not become ready")
 

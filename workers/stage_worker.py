@@ -51,22 +51,15 @@ def check_device(device: str) -> None:
         )
 
 
-def build_runner(settings: Settings, stage_ref: str, device: str, worker_name: str, publisher):
-    """Load the pipeline, the engine (once, on its device) and the store: a ready StageRunner."""
+def build_runner(settings: Settings, registry, spec, stage_name: str, device: str, worker_name: str, publisher):
+    """Load the engine (once, on its device) and the store: a ready StageRunner."""
     from omnijobs.engines.factory import create_engine
     from omnijobs.engines.torch_runtime import configure_threads
-    from omnijobs.pipelines import load_registry
     from omnijobs.retry import RetryPolicy
     from omnijobs.runner import CancelFlags, StageRunner
     from omnijobs.store.db import make_engine
     from omnijobs.store.jobs import JobStore
 
-    pipeline_name, _, stage_name = stage_ref.partition(".")
-    registry = load_registry(settings.pipelines_path)
-    if pipeline_name not in registry or stage_name not in registry.get(pipeline_name).stages:
-        known = ", ".join(f"{p.name}.{s}" for p in registry.all() for s in p.stages)
-        raise WorkerStartError(f"unknown stage '{stage_ref}' (known: {known})")
-    spec = registry.get(pipeline_name)
     configure_threads(settings.torch_threads)
     check_device(device)
     flags = CancelFlags()
@@ -81,13 +74,12 @@ def build_runner(settings: Settings, stage_ref: str, device: str, worker_name: s
     )
 
 
-def stage_of(settings: Settings, stage_ref: str):
-    from omnijobs.pipelines import load_registry
-
+def find_stage(registry, stage_ref: str):
+    """(pipeline spec, stage spec) for "<pipeline>.<stage>", or a start error listing the known ones."""
     pipeline_name, _, stage_name = stage_ref.partition(".")
-    registry = load_registry(settings.pipelines_path)
     try:
-        return registry.get(pipeline_name).stages[stage_name]
+        spec = registry.get(pipeline_name)
+        return spec, spec.stages[stage_name]
     except (KeyError, OmniJobsError):
         known = ", ".join(f"{p.name}.{s}" for p in registry.all() for s in p.stages)
         raise WorkerStartError(f"unknown stage '{stage_ref}' (known: {known})") from None
@@ -101,12 +93,15 @@ def run_worker(settings: Settings, stage_ref: str, device: str = "cpu", loglevel
     from workers.celery_app import make_celery
     from workers.publisher import CeleryPublisher
 
-    stage = stage_of(settings, stage_ref)
+    from omnijobs.pipelines import load_registry
+
+    registry = load_registry(settings.pipelines_path)
+    spec, stage = find_stage(registry, stage_ref)
     hostname = settings.worker_hostname or socket.gethostname()
     worker_name = f"{stage_ref}@{hostname}:{os.getpid()}"
     app = make_celery(settings, prefetch=stage.batch.max_size)
-    runner = build_runner(settings, stage_ref, device, worker_name, CeleryPublisher(app))
-    queue = runner.spec.queue(stage.name)
+    runner = build_runner(settings, registry, spec, stage.name, device, worker_name, CeleryPublisher(app))
+    queue = spec.queue(stage.name)
 
     @app.task(
         name=STAGE_TASK,

@@ -128,7 +128,10 @@ class JobStore:
         q = q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
         with self._sessions() as s:
             jobs = list(s.scalars(q))
-            page = [self._view(s, j) for j in jobs[:limit]]
+            runs: dict[uuid.UUID, list[StageRun]] = {j.id: [] for j in jobs[:limit]}
+            for run in s.scalars(select(StageRun).where(StageRun.job_id.in_(list(runs)))):  # one query, not one per job
+                runs[run.job_id].append(run)
+            page = [self._view(s, j, runs[j.id]) for j in jobs[:limit]]
         next_cursor = _encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
         return page, next_cursor
 
@@ -352,8 +355,9 @@ class JobStore:
         ).all()
         return {r.stage: r.outputs or {} for r in rows}
 
-    def _view(self, s: Session, job: Job) -> JobView:
-        runs = s.scalars(select(StageRun).where(StageRun.job_id == job.id)).all()
+    def _view(self, s: Session, job: Job, runs: list[StageRun] | None = None) -> JobView:
+        if runs is None:
+            runs = s.scalars(select(StageRun).where(StageRun.job_id == job.id)).all()
         spec_order = {name: i for i, name in enumerate(self.pipelines.get(job.pipeline).stages)} \
             if job.pipeline in self.pipelines else {}
         return JobView(
