@@ -31,6 +31,13 @@ class Cluster:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, subprocess.Popen] = {}
         self.api_url: str | None = None
+        # Sent by every client from `client()`; holds the API key once the cluster made one.
+        self.auth_headers: dict[str, str] = {}
+
+    def client(self, **kwargs) -> httpx.Client:
+        """An HTTP client for the API: every test talks to the cluster through one of these."""
+        headers = {**self.auth_headers, **kwargs.pop("headers", {})}
+        return httpx.Client(base_url=self.api_url, timeout=kwargs.pop("timeout", 30), headers=headers, **kwargs)
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "ab")

@@ -20,8 +20,25 @@ class StageRequest:
     params: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Media:
+    """An encoded image, audio clip or video (PNG, WAV, MP4...) on an image/audio/video port.
+
+    Engines receive one for each such input port and return one for each such output port; the
+    runner moves the bytes through the configured connector. Ports typed `tensor` carry a
+    `dict[str, torch.Tensor]` (a named bundle, serialised with safetensors) instead.
+    """
+
+    data: bytes
+    content_type: str
+
+
 # A per-row result: the outputs by port, or the exception that failed only this row.
 RowResult = dict[str, Any] | BaseException
+
+
+def _no_progress(run_id: str, progress: dict[str, Any]) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -31,6 +48,8 @@ class EngineContext:
     model_path: Path
     # Asked between steps of long generations; True means stop this row early (job canceled).
     should_stop: Callable[[str], bool] = lambda run_id: False
+    # Called with e.g. {"step": 3, "steps": 20}; shown in the job's stage while the batch runs.
+    report_progress: Callable[[str, dict[str, Any]], None] = _no_progress
 
 
 class Engine(ABC):

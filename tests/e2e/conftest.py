@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import httpx
 import pytest
 
 from tests.cluster import Cluster
@@ -24,5 +23,5 @@ def cluster(settings_env):
 
 @pytest.fixture()
 def client(cluster):
-    with httpx.Client(base_url=cluster.api_url, timeout=30) as http:
+    with cluster.client() as http:
         yield http
