@@ -5,13 +5,29 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from omnijobs.pipelines.graph import topological_order
 from omnijobs.pipelines.spec import PipelineSpec
 from omnijobs.store.states import JobStatus, RunStatus
 
 
-def initial_ready(spec: PipelineSpec) -> list[str]:
+def initial_ready(spec: PipelineSpec, skipped: frozenset[str] | set[str] = frozenset()) -> list[str]:
     """Stages fed only by job inputs."""
-    return [name for name, stage in spec.stages.items() if not stage.upstream]
+    return [name for name, stage in spec.stages.items() if not stage.upstream and name not in skipped]
+
+
+def skipped_stages(spec: PipelineSpec, job_inputs: Mapping[str, Any]) -> set[str]:
+    """Stages a job turns off through their `run_if`, and every stage downstream of one."""
+    skipped: set[str] = set()
+    for name in topological_order(spec):
+        stage = spec.stages[name]
+        cond = stage.run_if
+        if stage.upstream & skipped:
+            skipped.add(name)
+        elif cond is not None:
+            value = job_inputs.get(cond.input)
+            if not isinstance(value, list | tuple | str) or cond.contains not in value:
+                skipped.add(name)
+    return skipped
 
 
 def newly_ready(spec: PipelineSpec, statuses: Mapping[str, RunStatus]) -> list[str]:
@@ -28,7 +44,7 @@ def job_outcome(statuses: Mapping[str, RunStatus]) -> JobStatus | None:
     values = set(statuses.values())
     if RunStatus.FAILED in values:
         return JobStatus.FAILED
-    if values == {RunStatus.SUCCEEDED}:
+    if values <= {RunStatus.SUCCEEDED, RunStatus.SKIPPED}:
         return JobStatus.SUCCEEDED
     if RunStatus.CANCELED in values and not values & {RunStatus.RUNNING}:
         return JobStatus.CANCELED
@@ -36,10 +52,12 @@ def job_outcome(statuses: Mapping[str, RunStatus]) -> JobStatus | None:
 
 
 def job_outputs(spec: PipelineSpec, run_outputs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The job's named outputs; those of skipped stages are left out."""
     outputs = {}
     for name, ref in spec.outputs.items():
         stage, _, port = ref.partition(".")
-        outputs[name] = run_outputs.get(stage, {}).get(port)
+        if stage in run_outputs:
+            outputs[name] = run_outputs[stage].get(port)
     return outputs
 
 

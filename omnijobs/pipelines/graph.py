@@ -20,6 +20,9 @@ def validate(spec: PipelineSpec) -> None:
         _check_output_ref(spec, ref, stage=None, field=f"outputs.{name}")
     if not spec.outputs:
         raise SpecError(spec.source, "a pipeline must declare at least one output", field="outputs")
+    if all(stage.run_if is not None for stage in spec.stages.values() if not stage.upstream):
+        # Otherwise a job could skip every stage and never start.
+        raise SpecError(spec.source, "at least one first stage must run unconditionally (no run_if)", field="run_if")
 
 
 def topological_order(spec: PipelineSpec) -> list[str]:
@@ -48,6 +51,10 @@ def _check_engine(spec: PipelineSpec, stage: StageSpec) -> None:
 
 def _check_stage(spec: PipelineSpec, stage: StageSpec) -> None:
     kind = engine_kind(stage.engine)
+    if stage.run_if is not None and stage.run_if.input not in spec.inputs:
+        raise SpecError(
+            spec.source, f"run_if names no input of the pipeline: '{stage.run_if.input}'", stage.name, "run_if.input"
+        )
     for port in stage.outputs:
         if port not in kind.outputs:
             raise SpecError(

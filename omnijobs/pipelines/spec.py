@@ -56,6 +56,13 @@ class BatchSpec(_Frozen):
     max_wait_ms: int = Field(default=0, ge=0, le=60_000)
 
 
+class RunIf(_Frozen):
+    """Run the stage only when a job input (a list) contains a value, e.g. the audio modality."""
+
+    input: str
+    contains: Any
+
+
 class StageSpec(_Frozen):
     name: str = Field(pattern=NAME_PATTERN)
     engine: str
@@ -70,6 +77,8 @@ class StageSpec(_Frozen):
     params: dict[str, ParamSpec] = Field(default_factory=dict)
     # Static, engine-specific configuration (prompt template, dtype...).
     options: dict[str, Any] = Field(default_factory=dict)
+    # When set and false for a job, the run is `skipped`, and so is every stage fed by it.
+    run_if: RunIf | None = None
     description: str = ""
 
     @property
@@ -123,6 +132,7 @@ class PipelineSpec(_Frozen):
                     "timeout_s": s.timeout_s,
                     "max_attempts": s.max_attempts,
                     "params": {k: v.model_dump(exclude_none=True) for k, v in s.params.items()},
+                    "run_if": s.run_if.model_dump() if s.run_if else None,
                 }
                 for s in self.stages.values()
             ],

@@ -56,7 +56,8 @@ class JobStore:
         """
         now = utcnow()
         job_id = uuid.uuid4()
-        ready = set(orchestrator.initial_ready(spec))
+        skipped = orchestrator.skipped_stages(spec, inputs)
+        ready = set(orchestrator.initial_ready(spec, skipped))
         tasks = []
         try:
             with self._sessions.begin() as s:
@@ -71,7 +72,7 @@ class JobStore:
                 for name, stage in spec.stages.items():
                     run = StageRun(
                         id=uuid.uuid4(), job_id=job_id, stage=name, queue=spec.queue(name),
-                        status=RunStatus.QUEUED if name in ready else RunStatus.WAITING, attempt=0,
+                        status=_initial_status(name, ready, skipped), attempt=0,
                         max_attempts=stage.max_attempts, params=effective_params(spec, name, params), errors=[],
                         created_at=now, updated_at=now,
                     )
@@ -326,7 +327,8 @@ class JobStore:
             self._finish_job(job, JobStatus.FAILED, now, error={"stage": failed.stage, **(failed.error or {})})
             return []
         if outcome == JobStatus.SUCCEEDED:
-            outputs = orchestrator.job_outputs(spec, {n: r.outputs or {} for n, r in runs.items()})
+            outputs = orchestrator.job_outputs(
+                spec, {n: r.outputs or {} for n, r in runs.items() if r.status == RunStatus.SUCCEEDED})
             self._finish_job(job, JobStatus.SUCCEEDED, now, outputs=outputs)
             return []
         tasks = []
@@ -375,6 +377,12 @@ class JobStore:
                 for r in sorted(runs, key=lambda r: spec_order.get(r.stage, 0))
             ],
         )
+
+
+def _initial_status(stage: str, ready: set[str], skipped: set[str]) -> RunStatus:
+    if stage in skipped:
+        return RunStatus.SKIPPED
+    return RunStatus.QUEUED if stage in ready else RunStatus.WAITING
 
 
 def json_safe(value: Any) -> Any:

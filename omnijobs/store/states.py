@@ -26,6 +26,8 @@ class RunStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELED = "canceled"
+    # The job's inputs turned the stage off (its `run_if`), or an upstream stage was skipped.
+    SKIPPED = "skipped"
 
     @property
     def final(self) -> bool:
@@ -33,4 +35,4 @@ class RunStatus(StrEnum):
 
 
 FINAL_JOB = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
-FINAL_RUN = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELED})
+FINAL_RUN = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELED, RunStatus.SKIPPED})

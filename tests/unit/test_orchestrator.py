@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from omnijobs.errors import EngineDead, FatalStageError, RetryableStageError, StageError
 from omnijobs.orchestrator import initial_ready, job_outcome, job_outputs, newly_ready, resolve_inputs
-from omnijobs.pipelines.loader import load_file
+from omnijobs.pipelines.loader import load_file, parse
 from omnijobs.pipelines.registry import BUILTIN_DIR
 from omnijobs.retry import RetryDecision, RetryPolicy, error_record
 from omnijobs.store.states import FINAL_JOB, FINAL_RUN, JobStatus, RunStatus
@@ -122,8 +123,8 @@ def test_job_outputs(diamond):
     assert job_outputs(diamond, runs) == {"left": "L", "text": "J"}
 
 
-def test_job_outputs_missing_stage_is_none(diamond):
-    assert job_outputs(diamond, {"left": {"text": "L"}}) == {"left": "L", "text": None}
+def test_job_outputs_leave_out_stages_that_did_not_run(diamond):
+    assert job_outputs(diamond, {"left": {"text": "L"}}) == {"left": "L"}
 
 
 def test_resolve_inputs_from_job(diamond):
@@ -199,3 +200,50 @@ def test_error_record_codes():
 
 def test_error_record_empty_message_uses_type_name():
     assert error_record(ValueError())["message"] == "ValueError"
+
+
+# --- run_if ---------------------------------------------------------------------------------------
+
+SPOKEN = {
+    "name": "spoken",
+    "inputs": {"prompt": {"type": "text"}, "modalities": {"type": "json", "required": False, "default": ["text"]}},
+    "outputs": {"text": "think.text", "speech": "voice.text"},
+    "stages": {
+        "think": {"engine": "tests.fixtures.engines:ECHO", "inputs": {"prompt": "job.prompt"}},
+        "talk": {"engine": "tests.fixtures.engines:ECHO", "inputs": {"prompt": "think.text"},
+                 "run_if": {"input": "modalities", "contains": "audio"}},
+        "voice": {"engine": "tests.fixtures.engines:ECHO", "inputs": {"prompt": "talk.text"}},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def spoken():
+    return parse(yaml.safe_dump(SPOKEN))
+
+
+def test_run_if_false_skips_the_stage_and_everything_downstream(spoken):
+    from omnijobs.orchestrator import skipped_stages
+
+    assert skipped_stages(spoken, {"modalities": ["text"]}) == {"talk", "voice"}
+    assert skipped_stages(spoken, {"modalities": ["text", "audio"]}) == set()
+    assert skipped_stages(spoken, {}) == {"talk", "voice"}
+
+
+def test_skipped_stages_count_as_done(spoken):
+    done = {"think": RunStatus.SUCCEEDED, "talk": RunStatus.SKIPPED, "voice": RunStatus.SKIPPED}
+    assert job_outcome(done) == JobStatus.SUCCEEDED
+    assert job_outputs(spoken, {"think": {"text": "t"}}) == {"text": "t"}
+
+
+def test_run_if_must_name_a_job_input():
+    from omnijobs.errors import SpecError
+
+    bad = {**SPOKEN, "stages": {**SPOKEN["stages"], "talk": {
+        **SPOKEN["stages"]["talk"], "run_if": {"input": "nope", "contains": "audio"}}}}
+    with pytest.raises(SpecError, match="run_if names no input"):
+        parse(yaml.safe_dump(bad))
+    every_root_conditional = {**SPOKEN, "stages": {**SPOKEN["stages"], "think": {
+        **SPOKEN["stages"]["think"], "run_if": {"input": "modalities", "contains": "text"}}}}
+    with pytest.raises(SpecError, match="unconditionally"):
+        parse(yaml.safe_dump(every_root_conditional))
