@@ -1,0 +1,124 @@
+"""What the stages and pipelines did over a recent window, computed from stage_runs and jobs."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from omnijobs.store.db import make_sessions
+from omnijobs.store.states import JobStatus, RunStatus
+from omnijobs.store.tables import Job, StageRun
+
+# Enough for any window a dashboard asks for; beyond it the figures describe the newest rows.
+MAX_ROWS = 200_000
+
+
+def percentiles(values: Sequence[float], points: Sequence[int] = (50, 95, 99)) -> dict[str, float | None]:
+    """Nearest-rank percentiles, rounded to the millisecond; None for an empty sample."""
+    ordered = sorted(values)
+    out: dict[str, float | None] = {}
+    for p in points:
+        if not ordered:
+            out[f"p{p}"] = None
+            continue
+        rank = max(1, math.ceil(p / 100 * len(ordered)))
+        out[f"p{p}"] = round(ordered[rank - 1], 3)
+    return out
+
+
+def _seconds(a: datetime | None, b: datetime | None) -> float | None:
+    return (b - a).total_seconds() if a and b else None
+
+
+class StatsStore:
+    def __init__(self, engine: Engine):
+        self._sessions = make_sessions(engine)
+
+    def window(self, window_s: float, bucket_s: float | None = None) -> dict[str, Any]:
+        """Per stage and per pipeline: throughput, batch sizes, wait and run percentiles, failures, retries."""
+        now = datetime.now(UTC)
+        since = now - timedelta(seconds=window_s)
+        bucket_s = bucket_s or max(1.0, window_s / 60)
+        with self._sessions() as s:
+            runs = s.execute(
+                select(StageRun.queue, StageRun.status, StageRun.attempt, StageRun.batch_id, StageRun.batch_size,
+                       StageRun.created_at, StageRun.enqueued_at, StageRun.started_at, StageRun.finished_at)
+                .where(StageRun.finished_at >= since)
+                .order_by(StageRun.finished_at.desc()).limit(MAX_ROWS)
+            ).all()
+            jobs = s.execute(
+                select(Job.pipeline, Job.status, Job.created_at, Job.started_at, Job.finished_at)
+                .where(Job.finished_at >= since).order_by(Job.finished_at.desc()).limit(MAX_ROWS)
+            ).all()
+            backlog = s.execute(
+                select(Job.pipeline, Job.status, func.count())
+                .where(Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING])).group_by(Job.pipeline, Job.status)
+            ).all()
+        stages: dict[str, list] = defaultdict(list)
+        for r in runs:
+            stages[r.queue.removeprefix("omni.")].append(r)
+        by_pipeline: dict[str, list] = defaultdict(list)
+        for j in jobs:
+            by_pipeline[j.pipeline].append(j)
+        open_jobs: dict[str, dict[str, int]] = defaultdict(dict)
+        for pipeline, status, n in backlog:
+            open_jobs[pipeline][status] = n
+        return {
+            "window_s": window_s,
+            "bucket_s": bucket_s,
+            "since": since.isoformat(),
+            "now": now.isoformat(),
+            "stages": {name: _stage_stats(rows, window_s, since, bucket_s) for name, rows in sorted(stages.items())},
+            "pipelines": {
+                name: _pipeline_stats(by_pipeline.get(name, []), open_jobs.get(name, {}), window_s)
+                for name in sorted(set(by_pipeline) | set(open_jobs))
+            },
+        }
+
+
+def _stage_stats(rows: list, window_s: float, since: datetime, bucket_s: float) -> dict[str, Any]:
+    status = Counter(r.status for r in rows)
+    succeeded = status.get(RunStatus.SUCCEEDED, 0)
+    batches = {r.batch_id: r.batch_size for r in rows if r.batch_id and r.batch_size}
+    waits = [w for r in rows if (w := _seconds(r.enqueued_at or r.created_at, r.started_at)) is not None]
+    run_times = [t for r in rows if (t := _seconds(r.started_at, r.finished_at)) is not None]
+    series = Counter(int((r.finished_at - since).total_seconds() // bucket_s) for r in rows
+                     if r.status == RunStatus.SUCCEEDED)
+    n_buckets = max(1, math.ceil(window_s / bucket_s))
+    return {
+        "runs": len(rows),
+        "succeeded": succeeded,
+        "failed": status.get(RunStatus.FAILED, 0),
+        "canceled": status.get(RunStatus.CANCELED, 0),
+        # Attempts beyond the first, over the runs that ended in the window.
+        "retries": sum(max(0, r.attempt - 1) for r in rows),
+        "throughput_per_s": round(succeeded / window_s, 4),
+        "batches": len(batches),
+        "batch_sizes": {str(k): v for k, v in sorted(Counter(batches.values()).items())},
+        "mean_batch_size": round(sum(batches.values()) / len(batches), 3) if batches else None,
+        "queue_wait_s": percentiles(waits),
+        "run_s": percentiles(run_times),
+        # Succeeded runs per bucket, oldest first: the throughput chart.
+        "series": [series.get(i, 0) for i in range(n_buckets)],
+    }
+
+
+def _pipeline_stats(rows: list, open_jobs: dict[str, int], window_s: float) -> dict[str, Any]:
+    status = Counter(r.status for r in rows)
+    succeeded = status.get(JobStatus.SUCCEEDED, 0)
+    return {
+        "finished": len(rows),
+        "succeeded": succeeded,
+        "failed": status.get(JobStatus.FAILED, 0),
+        "canceled": status.get(JobStatus.CANCELED, 0),
+        "queued": open_jobs.get(JobStatus.QUEUED, 0),
+        "running": open_jobs.get(JobStatus.RUNNING, 0),
+        "throughput_per_s": round(succeeded / window_s, 4),
+        "queue_wait_s": percentiles([w for r in rows if (w := _seconds(r.created_at, r.started_at)) is not None]),
+        "total_s": percentiles([t for r in rows if (t := _seconds(r.created_at, r.finished_at)) is not None]),
+    }
