@@ -13,6 +13,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from omnijobs.artifacts.refs import is_ref, refs_in
+from omnijobs.artifacts.values import StageValues
+from omnijobs.cleanup import clean_finished_jobs
 from omnijobs.dispatch import Publisher, dispatch
 from omnijobs.engines.base import Engine, StageRequest
 from omnijobs.errors import EngineDead, RetryableStageError
@@ -47,6 +50,26 @@ class CancelFlags:
         self._ids = frozenset(ids)
 
 
+class ProgressReporter:
+    """Engines report every step; a run's row is written at most once per interval (and at the end)."""
+
+    def __init__(self, store: JobStore, interval_s: float = 0.5):
+        self.store = store
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+
+    def report(self, run_id: str, progress: dict) -> None:
+        now = time.monotonic()
+        last_step = progress.get("step") is not None and progress.get("step") == progress.get("steps")
+        if not last_step and now - self._last.get(run_id, 0.0) < self.interval_s:
+            return
+        self._last[run_id] = now
+        try:
+            self.store.set_progress(run_id, progress)
+        except Exception:  # progress is a courtesy; the run goes on
+            log.exception("could not record progress of run %s", run_id)
+
+
 class StageRunner:
     def __init__(
         self,
@@ -61,6 +84,7 @@ class StageRunner:
         policy: RetryPolicy | None = None,
         on_timeout=None,
         cancel_flags: CancelFlags | None = None,
+        values: StageValues | None = None,
     ):
         self.spec = spec
         self.stage = spec.stage(stage)
@@ -70,7 +94,11 @@ class StageRunner:
         self.worker = worker
         self.lease_s = lease_s
         self.policy = policy or RetryPolicy()
-        self.kept_outputs = set(graph.stage_output_types(spec, self.stage))
+        self.output_types = graph.stage_output_types(spec, self.stage)
+        self.final_ports = graph.job_output_ports(spec, self.stage.name)
+        self.consumed_ports = graph.sole_consumer_inputs(spec, self.stage.name)
+        # None: every value stays inline (stages that only pass text and JSON need no connector).
+        self.values = values
         # What to do when a batch overruns the stage's timeout_s; default: exit so the
         # supervisor restarts the worker with a fresh engine.
         self.on_timeout = on_timeout or (lambda: os._exit(70))
@@ -90,20 +118,24 @@ class StageRunner:
             return
         report.claimed += len(claimed)
         report.batch_sizes.append(len(claimed))
-        requests = [StageRequest(str(c.id), c.inputs, c.params) for c in claimed]
         self.cancel_flags.set(set())
         started = time.monotonic()
         with _Heartbeat(self, [c.id for c in claimed]):
-            try:
-                results = self.engine.run(requests)
-                if len(results) != len(requests):
-                    raise EngineDead(f"engine returned {len(results)} results for {len(requests)} requests")
-            except Exception as exc:
-                log.exception("batch %s of %s failed", batch_id, self.stage.name)
-                results = [exc] * len(requests)
+            loaded, results = self._load_inputs(claimed)
+            requests = [StageRequest(str(c.id), inputs, c.params) for c, inputs in loaded]
+            if requests:
+                try:
+                    ran = self.engine.run(requests)
+                    if len(ran) != len(requests):
+                        raise EngineDead(f"engine returned {len(ran)} results for {len(requests)} requests")
+                except Exception as exc:
+                    log.exception("batch %s of %s failed", batch_id, self.stage.name)
+                    ran = [exc] * len(requests)
+                results.update({c.id: r for (c, _), r in zip(loaded, ran, strict=True)})
         log.info("batch %s: %d run(s) in %.3fs", batch_id, len(claimed), time.monotonic() - started)
         engine_dead = None
-        for run, result in zip(claimed, results, strict=True):
+        for run in claimed:
+            result = results[run.id]
             if isinstance(result, EngineDead):
                 engine_dead = result
             try:
@@ -116,15 +148,46 @@ class StageRunner:
                 report.failed += 1
             else:
                 report.succeeded += 1
+        self._clean_finished_jobs({run.job_id for run in claimed})
         if engine_dead is not None:
             raise engine_dead
+
+    def _load_inputs(self, claimed: list[ClaimedRun]) -> tuple[list[tuple[ClaimedRun, dict]], dict]:
+        """Each run's inputs in engine form; a run whose inputs cannot be read fails alone."""
+        loaded, failed = [], {}
+        for run in claimed:
+            try:
+                loaded.append((run, self.values.load(run.inputs) if self.values else run.inputs))
+            except Exception as exc:
+                log.exception("could not load the inputs of run %s", run.id)
+                failed[run.id] = exc
+        return loaded, failed
 
     def _record(self, run: ClaimedRun, result) -> None:
         if isinstance(result, BaseException):
             self._record_failure(run, result)
             return
-        outputs = {k: v for k, v in result.items() if k in self.kept_outputs}
+        if self.values is not None:
+            outputs = self.values.store(str(run.job_id), self.stage.name, result, self.output_types,
+                                        self.final_ports)
+        else:
+            outputs = {k: v for k, v in result.items() if k in self.output_types}
         dispatch(self.store, self.publisher, self.store.complete(run, outputs))
+        if self.values is None:
+            return
+        if not self.store.succeeded_attempt(run):
+            # Canceled or lease lost meanwhile: this result was not recorded, so nothing points at it.
+            self.values.delete(refs_in(outputs))
+            return
+        # Shared memory is scarce: free an input as soon as its only reader has succeeded.
+        consumed = [v for port, v in run.inputs.items() if port in self.consumed_ports and is_ref(v)
+                    and v["artifact"].startswith("shm:")]
+        self.values.delete(consumed)
+
+    def _clean_finished_jobs(self, job_ids: set) -> None:
+        """Free the intermediate artifacts of jobs this batch finished (or that were canceled)."""
+        if self.values is not None:
+            clean_finished_jobs(self.store, self.values, job_ids)
 
     def _record_failure(self, run: ClaimedRun, error: BaseException) -> None:
         decision = self.policy.decide(error, run.attempt, run.max_attempts)

@@ -53,24 +53,27 @@ def check_device(device: str) -> None:
 
 def build_runner(settings: Settings, registry, spec, stage_name: str, device: str, worker_name: str, publisher):
     """Load the engine (once, on its device) and the store: a ready StageRunner."""
+    from omnijobs.artifacts.values import StageValues
     from omnijobs.engines.factory import create_engine
     from omnijobs.engines.torch_runtime import configure_threads
     from omnijobs.retry import RetryPolicy
-    from omnijobs.runner import CancelFlags, StageRunner
+    from omnijobs.runner import CancelFlags, ProgressReporter, StageRunner
     from omnijobs.store.db import make_engine
     from omnijobs.store.jobs import JobStore
 
     configure_threads(settings.torch_threads)
     check_device(device)
     flags = CancelFlags()
-    engine = create_engine(spec.stage(stage_name), device, settings.models_dir, should_stop=flags.should_stop)
-    engine.load()
     store = JobStore(make_engine(settings.database_url, pool_size=2), registry)
+    engine = create_engine(spec.stage(stage_name), device, settings.models_dir, should_stop=flags.should_stop,
+                           report_progress=ProgressReporter(store).report)
+    engine.load()
     return StageRunner(
         spec, stage_name, engine, store, publisher, worker_name,
         lease_s=settings.lease_grace_s,
         policy=RetryPolicy(settings.retry_backoff_s, settings.retry_backoff_max_s),
         cancel_flags=flags,
+        values=StageValues(settings),
     )
 
 
@@ -90,10 +93,9 @@ def run_worker(settings: Settings, stage_ref: str, device: str = "cpu", loglevel
     from celery_batches import Batches
 
     from omnijobs.errors import EngineDead
+    from omnijobs.pipelines import load_registry
     from workers.celery_app import make_celery
     from workers.publisher import CeleryPublisher
-
-    from omnijobs.pipelines import load_registry
 
     registry = load_registry(settings.pipelines_path)
     spec, stage = find_stage(registry, stage_ref)

@@ -40,6 +40,24 @@ def stage_output_types(spec: PipelineSpec, stage: StageSpec) -> dict[str, str]:
     return {port: kind.outputs[port] for port in kept}
 
 
+def job_output_ports(spec: PipelineSpec, stage: str) -> set[str]:
+    """The ports of a stage that are the job's final outputs."""
+    return {ref.partition(".")[2] for ref in spec.outputs.values() if ref.partition(".")[0] == stage}
+
+
+def sole_consumer_inputs(spec: PipelineSpec, stage: str) -> set[str]:
+    """A stage's input ports fed by an upstream output that nothing else reads (no other stage, not the job)."""
+    readers: dict[str, int] = {}
+    for other in spec.stages.values():
+        for ref in other.inputs.values():
+            readers[ref] = readers.get(ref, 0) + 1
+    final = set(spec.outputs.values())
+    return {
+        port for port, ref in spec.stages[stage].inputs.items()
+        if not ref.startswith("job.") and readers[ref] == 1 and ref not in final
+    }
+
+
 def _check_engine(spec: PipelineSpec, stage: StageSpec) -> None:
     if engine_kind(stage.engine) is None:
         known = ", ".join(sorted(ENGINE_KINDS))
