@@ -1,0 +1,1 @@
+"""Signed job webhooks (Standard Webhooks): events, signing, the retry policy and the sender."""
