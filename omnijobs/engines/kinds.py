@@ -34,6 +34,56 @@ ENGINE_KINDS: dict[str, EngineKind] = {
             inputs={"prompt": "text", "system": "text?"},
             outputs={"text": "text", "token_ids": "tokens", "usage": "json"},
         ),
+        # Diffusion (diffusers). Qwen-Image split in three: text encoder, DiT, VAE.
+        EngineKind(
+            name="qwen_image_encode",
+            impl="omnijobs.engines.diffusion.qwen_image:QwenImageEncodeEngine",
+            extra="diffusers",
+            inputs={"prompt": "text"},
+            outputs={"embeds": "tensor"},
+        ),
+        EngineKind(
+            name="qwen_image_denoise",
+            impl="omnijobs.engines.diffusion.qwen_image:QwenImageDenoiseEngine",
+            extra="diffusers",
+            inputs={"embeds": "tensor"},
+            outputs={"latents": "tensor"},
+        ),
+        EngineKind(
+            name="qwen_image_decode",
+            impl="omnijobs.engines.diffusion.qwen_image:QwenImageDecodeEngine",
+            extra="diffusers",
+            inputs={"latents": "tensor"},
+            outputs={"image": "image"},
+        ),
+        EngineKind(
+            name="qwen_image_edit",
+            impl="omnijobs.engines.diffusion.qwen_image_edit:QwenImageEditEngine",
+            extra="diffusers",
+            inputs={"image": "image", "prompt": "text"},
+            outputs={"image": "image"},
+        ),
+        EngineKind(
+            name="diffusers_text_to_image",
+            impl="omnijobs.engines.diffusion.generate:TextToImageEngine",
+            extra="diffusers",
+            inputs={"prompt": "text"},
+            outputs={"image": "image"},
+        ),
+        EngineKind(
+            name="diffusers_text_to_video",
+            impl="omnijobs.engines.diffusion.generate:TextToVideoEngine",
+            extra="diffusers",
+            inputs={"prompt": "text"},
+            outputs={"video": "video"},
+        ),
+        EngineKind(
+            name="diffusers_text_to_audio",
+            impl="omnijobs.engines.diffusion.generate:TextToAudioEngine",
+            extra="diffusers",
+            inputs={"prompt": "text"},
+            outputs={"audio": "audio"},
+        ),
     ]
 }
 

@@ -62,3 +62,7 @@ def build_tiny(models_dir: Path, only: list[str] | None = None, force: bool = Fa
         marker.write_text(json.dumps({"builder": folder}))
         built.append(out)
     return built
+
+
+# Model families with their own module register their builders when imported.
+from omnijobs.models import diffusion_image, diffusion_media  # noqa: F401
