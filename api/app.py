@@ -6,11 +6,14 @@ from fastapi import FastAPI
 
 from api import errors
 from api.limits import BodySizeLimit
-from api.routes import health, jobs, pipelines
+from api.routes import files, health, jobs, pipelines
 from omnijobs import __version__
+from omnijobs.artifacts.factory import make_connector
+from omnijobs.inputs import MediaInputs
 from omnijobs.pipelines import load_registry
 from omnijobs.settings import Settings, get_settings
 from omnijobs.store.db import make_engine
+from omnijobs.store.files import FileStore
 from omnijobs.store.jobs import JobStore
 from workers.celery_app import make_celery
 from workers.publisher import CeleryPublisher
@@ -26,8 +29,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = JobStore(make_engine(settings.database_url), registry)
     app.state.celery = celery
     app.state.publisher = CeleryPublisher(celery)
+    app.state.media = MediaInputs(settings, FileStore(app.state.store.engine), make_connector(settings))
     errors.install(app)
-    for module in (health, jobs, pipelines):
+    for module in (health, jobs, pipelines, files):
         app.include_router(module.router)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, exempt=("/v1/files",))
     return app

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from omnijobs.dispatch import Publisher
+from omnijobs.inputs import MediaInputs
 from omnijobs.pipelines import PipelineRegistry
 from omnijobs.settings import Settings
 from omnijobs.store.jobs import JobStore
@@ -28,6 +29,10 @@ def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def _media(request: Request) -> MediaInputs:
+    return request.app.state.media
+
+
 def _base_url(request: Request) -> str:
     configured = request.app.state.settings.api_base_url
     return configured.rstrip("/") if configured else str(request.base_url).rstrip("/")
@@ -38,3 +43,4 @@ RegistryDep = Annotated[PipelineRegistry, Depends(_registry)]
 PublisherDep = Annotated[Publisher, Depends(_publisher)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 BaseUrlDep = Annotated[str, Depends(_base_url)]
+MediaDep = Annotated[MediaInputs, Depends(_media)]

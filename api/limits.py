@@ -12,12 +12,14 @@ from api.errors import error_body
 class BodySizeLimit:
     """413 when Content-Length says too much, or when the streamed body grows past the limit."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    def __init__(self, app: ASGIApp, max_bytes: int, exempt: tuple[str, ...] = ()):
         self.app = app
         self.max_bytes = max_bytes
+        # Paths that stream their body and enforce their own, named limit (uploads).
+        self.exempt = frozenset(exempt)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("path") in self.exempt:
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")

@@ -33,6 +33,19 @@ class Settings(BaseSettings):
     # Requests larger than this are refused with 413 before they are parsed.
     max_body_bytes: int = 8 * 1024 * 1024
 
+    # Media inputs (uploads, data URIs, URLs). An upload or a data URI may not exceed upload_max_bytes.
+    upload_max_bytes: int = 32 * 1024 * 1024
+    media_max_pixels: int = 40_000_000
+    max_media_inputs: int = 8
+    url_fetch_timeout_s: float = 20.0
+    url_fetch_max_bytes: int = 32 * 1024 * 1024
+    # Hosts or IPs exempt from the private-address check of outbound URLs, comma-separated.
+    allowed_private_hosts: str = ""
+
+    @property
+    def private_hosts_allowed(self) -> frozenset[str]:
+        return frozenset(h.strip() for h in self.allowed_private_hosts.split(",") if h.strip())
+
     # Worker process settings.
     torch_threads: int = 1
     worker_hostname: str | None = None

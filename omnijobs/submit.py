@@ -7,6 +7,9 @@ import json
 from typing import Any
 
 from omnijobs.dispatch import Publisher, dispatch
+from omnijobs.errors import InvalidInput
+from omnijobs.inputs import MediaInputs, Resolved
+from omnijobs.media import KINDS
 from omnijobs.pipelines import PipelineRegistry
 from omnijobs.store.jobs import JobStore
 from omnijobs.store.records import JobView
@@ -29,8 +32,12 @@ def submit(
     metadata: dict | None = None,
     owner: str | None = None,
     idempotency_key: str | None = None,
+    media: MediaInputs | None = None,
 ) -> tuple[JobView, bool]:
-    """Returns (job, created). Raises RequestError subclasses before anything is written."""
+    """Returns (job, created). Raises RequestError subclasses before anything is written.
+
+    `media` stores the job's media inputs (uploads, data URIs, URLs); without it they are refused.
+    """
     spec = registry.get(pipeline)
     reject_nul({"inputs": inputs, "params": params, "metadata": metadata})
     clean_inputs = validate_inputs(spec, inputs)
@@ -42,9 +49,26 @@ def submit(
         existing = store.find_idempotent(owner, idempotency_key, digest)
         if existing is not None:
             return existing, False
-    job, tasks, created = store.create_job(
-        spec, clean_inputs, clean_params, priority=priority, metadata=metadata, owner=owner,
-        idempotency_key=idempotency_key, request_hash=digest,
-    )
+    resolved = _resolve_media(media, spec, clean_inputs, owner)
+    try:
+        job, tasks, created = store.create_job(
+            spec, resolved.inputs, clean_params, priority=priority, metadata=metadata, owner=owner,
+            idempotency_key=idempotency_key, request_hash=digest,
+        )
+    except BaseException:
+        if media is not None:
+            media.discard(resolved.stored)
+        raise
+    if not created and media is not None:  # a concurrent twin was written first: ours is not needed
+        media.discard(resolved.stored)
     dispatch(store, publisher, tasks)
     return job, created
+
+
+def _resolve_media(media: MediaInputs | None, spec, inputs: dict[str, Any], owner: str | None) -> Resolved:
+    if media is not None:
+        return media.resolve(spec, inputs, owner)
+    for name in inputs:
+        if spec.inputs[name].type in KINDS:
+            raise InvalidInput("media inputs are not accepted here", field=f"inputs.{name}")
+    return Resolved(inputs, [])

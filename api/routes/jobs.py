@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from api.deps import BaseUrlDep, PublisherDep, RegistryDep, StoreDep
+from api.deps import BaseUrlDep, MediaDep, PublisherDep, RegistryDep, StoreDep
 from api.schemas import ErrorResponse, JobCreate, JobList, JobPublic, job_public
 from omnijobs.submit import submit
 
@@ -28,11 +28,12 @@ def create_job(
     registry: RegistryDep,
     publisher: PublisherDep,
     base_url: BaseUrlDep,
+    media: MediaDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JobPublic:
     job, created = submit(
         store, registry, publisher, pipeline=body.pipeline, inputs=body.inputs, params=body.params,
-        priority=body.priority, metadata=body.metadata, idempotency_key=idempotency_key,
+        priority=body.priority, metadata=body.metadata, idempotency_key=idempotency_key, media=media,
     )
     response.headers["Location"] = f"{base_url}/v1/jobs/{job.id}"
     if not created:

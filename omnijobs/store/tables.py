@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, MetaData, SmallInteger, String, Text, Uuid
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, MetaData, SmallInteger, String, Text, Uuid
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -192,7 +192,8 @@ class InputFile(Base):
     artifact: Mapped[str] = mapped_column(String(1024))
     kind: Mapped[str] = mapped_column(String(16))
     content_type: Mapped[str] = mapped_column(String(128))
-    bytes: Mapped[int] = mapped_column(BigInteger)
+    # Integer suffices: uploads are capped far below 2 GiB (upload_max_bytes).
+    bytes: Mapped[int] = mapped_column(Integer)
     filename: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(_ts())
 
