@@ -34,6 +34,54 @@ ENGINE_KINDS: dict[str, EngineKind] = {
             inputs={"prompt": "text", "system": "text?"},
             outputs={"text": "text", "token_ids": "tokens", "usage": "json"},
         ),
+        # Omni models split into thinker → talker → code2wav; `hidden` carries the thinker's states.
+        *[
+            EngineKind(
+                name=f"{family}_thinker",
+                impl=f"omnijobs.engines.{module}:{cls}",
+                extra="transformers",
+                inputs={"prompt": "text", "system": "text?", "image": "image?", "audio": "audio?",
+                        "modalities": "json?"},
+                outputs={"text": "text", "token_ids": "tokens", "usage": "json", "hidden": "tensor"},
+            )
+            for family, module, cls in [("qwen2_5_omni", "qwen_omni", "Qwen2_5OmniThinkerEngine"),
+                                        ("qwen3_omni", "qwen3_omni", "Qwen3OmniThinkerEngine")]
+        ],
+        EngineKind(
+            name="qwen2_5_omni_talker",
+            impl="omnijobs.engines.qwen_omni:Qwen2_5OmniTalkerEngine",
+            extra="transformers",
+            inputs={"hidden": "tensor"},
+            outputs={"codes": "tensor", "speaker": "text", "usage": "json"},
+        ),
+        EngineKind(
+            name="qwen2_5_omni_token2wav",
+            impl="omnijobs.engines.qwen_omni:Qwen2_5OmniToken2WavEngine",
+            extra="transformers",
+            inputs={"codes": "tensor", "speaker": "text?"},
+            outputs={"audio": "audio", "usage": "json"},
+        ),
+        EngineKind(
+            name="qwen3_omni_talker",
+            impl="omnijobs.engines.qwen3_omni:Qwen3OmniTalkerEngine",
+            extra="transformers",
+            inputs={"hidden": "tensor"},
+            outputs={"codes": "tensor", "usage": "json"},
+        ),
+        EngineKind(
+            name="qwen3_omni_code2wav",
+            impl="omnijobs.engines.qwen3_omni:Qwen3OmniCode2WavEngine",
+            extra="transformers",
+            inputs={"codes": "tensor"},
+            outputs={"audio": "audio", "usage": "json"},
+        ),
+        EngineKind(
+            name="qwen2_5_vl",
+            impl="omnijobs.engines.qwen_vl:Qwen2_5_VLEngine",
+            extra="transformers",
+            inputs={"prompt": "text", "system": "text?", "image": "image?", "image_2": "image?", "image_3": "image?"},
+            outputs={"text": "text", "token_ids": "tokens", "usage": "json"},
+        ),
         # Diffusion (diffusers). Qwen-Image split in three: text encoder, DiT, VAE.
         EngineKind(
             name="qwen_image_encode",

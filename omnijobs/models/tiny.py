@@ -66,3 +66,4 @@ def build_tiny(models_dir: Path, only: list[str] | None = None, force: bool = Fa
 
 # Model families with their own module register their builders when imported.
 from omnijobs.models import diffusion_image, diffusion_media  # noqa: F401
+from omnijobs.models import qwen2_5_vl, qwen3_omni, qwen_omni  # noqa: E402,F401

@@ -1,0 +1,156 @@
+"""Qwen3-Omni (MoE) as three stage engines: thinker, talker (+ code predictor), code2wav."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from transformers import (
+    LogitsProcessorList,
+    Qwen3OmniMoeCode2Wav,
+    Qwen3OmniMoeTalkerForConditionalGeneration,
+    Qwen3OmniMoeThinkerForConditionalGeneration,
+    StoppingCriteriaList,
+)
+
+from omnijobs.engines.base import Engine, RowResult, StageRequest
+from omnijobs.engines.media_features import encode_wav
+from omnijobs.engines.multimodal_lm import MultimodalLMEngine
+from omnijobs.engines.omni_glue import qwen3_talker_row
+from omnijobs.engines.qwen_omni import _bundle, _load
+from omnijobs.engines.talker import MinCodes, collate, talker_sampling
+from omnijobs.engines.torch_runtime import torch_device
+from omnijobs.engines.transformers_lm import _RowSampler, _RowStop
+from omnijobs.errors import FatalStageError
+
+OUTPUT_RATE = 24000
+CHUNK, LEFT_CONTEXT = 300, 25
+
+
+class Qwen3OmniThinkerEngine(MultimodalLMEngine):
+    handoff = True
+    model_class = Qwen3OmniMoeThinkerForConditionalGeneration
+    tokens: ClassVar[dict[str, str]] = {"image": "<|image_pad|>", "vision_start": "<|vision_start|>", "vision_end": "<|vision_end|>",
+              "audio": "<|audio_pad|>", "audio_start": "<|audio_start|>", "audio_end": "<|audio_end|>"}
+
+    def audio_tokens(self, frames: int) -> int:
+        chunk = self.model.config.audio_config.n_window * 2
+        rest = frames % chunk
+        feat = (rest - 1) // 2 + 1
+        return ((feat - 1) // 2 + 1 - 1) // 2 + 1 + (frames // chunk) * 13
+
+
+class Qwen3OmniTalkerEngine(Engine):
+    """Thinker states → multi-codebook codes (G, T): the talker draws the first group, its code
+    predictor the other G-1 at every step."""
+
+    def load(self) -> None:
+        self.device = torch_device(self.ctx.device)
+        self.model = _load(Qwen3OmniMoeTalkerForConditionalGeneration, self.ctx.model_path).to(self.device).eval()
+        cfg = self.model.config
+        if not hasattr(cfg, "audio_config"):
+            # The talker's 3D positions for audio read the audio encoder's window from its own config,
+            # which the talker config lacks; the encoder's default window is the released one.
+            from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import (
+                Qwen3OmniMoeAudioEncoderConfig,
+            )
+
+            cfg.audio_config = Qwen3OmniMoeAudioEncoderConfig()
+        vocab = cfg.text_config.vocab_size
+        # The top 1024 ids are control tokens; only end-of-speech may be sampled among them.
+        self.suppress = [i for i in range(vocab - 1024, vocab) if i != cfg.codec_eos_token_id]
+        self.eos_ids = [cfg.codec_eos_token_id]
+
+    def run(self, batch: list[StageRequest]) -> list[RowResult]:
+        results: list[RowResult | None] = [None] * len(batch)
+        rows, sampling, live = [], [], []
+        speakers = self.model.config.speaker_id or {}
+        for i, req in enumerate(batch):
+            try:
+                speaker = str(req.params.get("speaker", "ethan")).lower()
+                if speaker not in speakers:
+                    raise FatalStageError(f"unknown speaker {speaker!r}; this model has {', '.join(sorted(speakers))}")
+                with torch.no_grad():
+                    rows.append(qwen3_talker_row(_bundle(req), speakers[speaker], self.model))
+                sampling.append(talker_sampling(req.run_id, req.params))
+                live.append(i)
+            except FatalStageError as exc:
+                results[i] = exc
+                rows = rows[: len(live)]
+        if not live:
+            return results
+        m = self.model
+        enc = collate(rows, 0, self.device)
+        extra = {k: enc[k] for k in ("image_grid_thw", "audio_feature_lengths") if k in enc}
+        m.rope_deltas = None
+        with torch.no_grad():
+            out = m.generate(
+                inputs_embeds=enc["inputs_embeds"], attention_mask=enc["attention_mask"],
+                talker_input_ids=enc["input_ids"], trailing_text_hidden=enc["text"], tts_pad_embed=enc["pad"],
+                max_new_tokens=max(s["max_tokens"] for s in sampling), do_sample=False,
+                eos_token_id=self.eos_ids, pad_token_id=m.config.codec_pad_id, suppress_tokens=self.suppress,
+                output_hidden_states=True, return_dict_in_generate=True,
+                logits_processor=LogitsProcessorList([
+                    MinCodes(0, [s["min_tokens"] for s in sampling], self.eos_ids),
+                    _RowSampler(sampling, self.eos_ids),
+                ]),
+                stopping_criteria=StoppingCriteriaList([_RowStop(
+                    0, [s["max_tokens"] for s in sampling], [batch[i].run_id for i in live], self.ctx.should_stop)]),
+                **extra,
+            )
+        # Step k's residual codes complete the first-group code drawn at step k-1.
+        residuals = [h[-1] for h in out.hidden_states if h[-1] is not None]
+        groups = torch.stack(residuals, dim=1) if residuals else torch.zeros((len(live), 0, m.config.num_code_groups))
+        for j, i in enumerate(live):
+            first = out.sequences[j].tolist()[: sampling[j]["max_tokens"]]
+            end = next((k for k, c in enumerate(first) if c in self.eos_ids), len(first))
+            end = min(end, groups.shape[1])
+            codes = groups[j, :end].T.contiguous().long().cpu()  # (G, T)
+            results[i] = {"codes": {"codes": codes}, "usage": {"codes": int(end)}}
+        return results
+
+
+class Qwen3OmniCode2WavEngine(Engine):
+    """Codes (G, T) → 24 kHz waveform. The decoder is causal, so rows padded with zeros at the end
+    decode together and are cut back to their own lengths."""
+
+    def load(self) -> None:
+        self.device = torch_device(self.ctx.device)
+        self.model = _load(Qwen3OmniMoeCode2Wav, self.ctx.model_path).float().to(self.device).eval()
+        self.per_code = int(self.model.total_upsample)
+
+    def run(self, batch: list[StageRequest]) -> list[RowResult]:
+        cfg = self.model.config
+        results: list[RowResult | None] = [None] * len(batch)
+        codes, live = [], []
+        for i, req in enumerate(batch):
+            bundle = req.inputs.get("codes")
+            c = bundle.get("codes") if isinstance(bundle, dict) else None
+            if c is None or c.dim() != 2 or c.shape[0] != cfg.num_quantizers:
+                results[i] = FatalStageError(f"input 'codes' must hold a ({cfg.num_quantizers}, T) 'codes' tensor")
+            elif c.shape[1] == 0:
+                results[i] = FatalStageError("the talker produced no speech codes")
+            elif int(c.min()) < 0 or int(c.max()) >= cfg.codebook_size:
+                results[i] = FatalStageError(f"speech codes outside the codebook (0..{cfg.codebook_size - 1})")
+            elif self.ctx.should_stop(req.run_id):
+                results[i] = FatalStageError("canceled")
+            else:
+                codes.append(c.long())
+                live.append(i)
+        if not live:
+            return results
+        width = max(c.shape[1] for c in codes)
+        padded = torch.zeros((len(codes), cfg.num_quantizers, width), dtype=torch.long)
+        for j, c in enumerate(codes):
+            padded[j, :, : c.shape[1]] = c
+        with torch.no_grad():
+            wavs = self.model.chunked_decode(padded.to(self.device), chunk_size=CHUNK, left_context_size=LEFT_CONTEXT)
+        chunks = -(-width // CHUNK)
+        lost_per_chunk = (width * self.per_code - wavs.shape[-1]) // chunks
+        for j, i in enumerate(live):
+            n = codes[j].shape[1]
+            length = n * self.per_code - lost_per_chunk * -(-n // CHUNK)
+            samples = wavs[j].reshape(-1)[:length].float().cpu().numpy()
+            results[i] = {"audio": encode_wav(samples, OUTPUT_RATE),
+                          "usage": {"samples": int(samples.size), "seconds": samples.size / OUTPUT_RATE}}
+        return results
