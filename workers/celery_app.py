@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from celery import Celery
 
 from omnijobs.settings import Settings
@@ -35,4 +37,28 @@ def make_celery(settings: Settings, prefetch: int = 1) -> Celery:
         worker_send_task_events=True,
         task_send_sent_event=False,
     )
+    if settings.broker_url.startswith("filesystem://"):
+        from workers.fs_broker import TRANSPORT
+
+        app.conf.broker_transport = TRANSPORT
+        app.conf.broker_transport_options = filesystem_transport_options(settings.broker_dir)
     return app
+
+
+def filesystem_transport_options(folder: Path) -> dict:
+    """kombu's file-system transport: every process of one machine shares one folder of messages."""
+    root = Path(folder)
+    queue, processed, control = root / "queue", root / "processed", root / "control"
+    for path in (queue, processed, control):
+        path.mkdir(parents=True, exist_ok=True)
+    return {
+        # Producers write where consumers read: one folder for both directions.
+        "data_folder_in": str(queue),
+        "data_folder_out": str(queue),
+        # Kept, so a message is taken by a rename inside one file system: atomic, one consumer wins.
+        "store_processed": True,
+        "processed_folder": str(processed),
+        "control_folder": str(control),
+        # The transport polls the folder; the default 1 s would add a second to every stage hop.
+        "polling_interval": 0.05,
+    }

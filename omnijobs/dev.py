@@ -1,0 +1,340 @@
+"""`omnijobs dev`: the whole system on one machine with no servers to install.
+
+The same processes as production, wired to local stand-ins: a SQLite job store, kombu's
+file-system broker and the `file` artifact connector, all under one folder. Nothing forks into a
+toy mode: the API, stage workers and reconciler are the `omnijobs api|worker|reconciler`
+commands, started here as subprocesses with a different environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omnijobs.errors import OmniJobsError
+from omnijobs.settings import Settings
+
+READY_TIMEOUT_S = 300.0
+STOP_TIMEOUT_S = 30.0
+KEY_FILE = "api-key"
+
+
+class DevError(OmniJobsError):
+    """Dev mode cannot start as asked (unknown pipeline, nothing runnable, a process died)."""
+
+
+@dataclass
+class DevOptions:
+    folder: Path
+    host: str = "127.0.0.1"
+    port: int = 8000  # 0: any free port
+    pipelines: list[str] = field(default_factory=list)  # empty: every pipeline runnable here
+    demo: bool = False
+
+
+def dev_environment(folder: Path) -> dict[str, str]:
+    """The settings that make the production processes run on one machine, under `folder`."""
+    folder = folder.resolve()
+    return {
+        "OMNIJOBS_DATABASE_URL": f"sqlite:///{folder / 'omnijobs.db'}",
+        "OMNIJOBS_BROKER_URL": "filesystem://",
+        "OMNIJOBS_BROKER_DIR": str(folder / "broker"),
+        "OMNIJOBS_ARTIFACTS": "file",
+        "OMNIJOBS_ARTIFACTS_DIR": str(folder / "artifacts"),
+    }
+
+
+# ---------------------------------------------------------------- which pipelines can run here
+
+
+def _extra_installed(extra: str) -> str | None:
+    """None if every package of the extra is installed, else the first one missing."""
+    from importlib import metadata
+
+    try:
+        requirements = metadata.requires("omnijobs") or []
+    except metadata.PackageNotFoundError:
+        return None  # running from a source tree without metadata: let the worker say what is missing
+    for req in requirements:
+        name, _, marker = req.partition(";")
+        if not re.search(r"""extra\s*==\s*["']""" + re.escape(extra) + r"""["']""", marker):
+            continue
+        package = re.match(r"[A-Za-z0-9_.-]+", name.strip()).group(0)
+        try:
+            metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return package
+    return None
+
+
+def why_not_runnable(spec, models_dir: Path) -> str | None:
+    """None if every stage of the pipeline can run here; else why not."""
+    from omnijobs.engines.factory import resolve_model_path
+    from omnijobs.engines.kinds import engine_kind
+    from omnijobs.models.tiny import BUILDERS
+
+    for name, stage in spec.stages.items():
+        kind = engine_kind(stage.engine)
+        if kind is None:
+            return f"stage {name}: unknown engine '{stage.engine}'"
+        missing = _extra_installed(kind.extra) if kind.extra else None
+        if missing:
+            return f"stage {name}: needs the '{kind.extra}' extra ({missing} is not installed)"
+        if stage.model and stage.model not in BUILDERS and not resolve_model_path(stage.model, models_dir).exists():
+            return f"stage {name}: model '{stage.model}' is not under {models_dir} and has no tiny builder"
+    return None
+
+
+def choose_pipelines(registry, wanted: list[str], models_dir: Path, echo: Callable[[str], None]) -> list:
+    if wanted:
+        specs = []
+        for name in wanted:
+            spec = registry.get(name)  # NotFound names the pipeline
+            reason = why_not_runnable(spec, models_dir)
+            if reason:
+                raise DevError(f"pipeline '{name}' cannot run here: {reason}")
+            specs.append(spec)
+        return specs
+    specs = []
+    for spec in registry.all():
+        reason = why_not_runnable(spec, models_dir)
+        if reason:
+            echo(f"skipping pipeline {spec.name}: {reason}")
+        else:
+            specs.append(spec)
+    if not specs:
+        raise DevError("no pipeline can run here (see the reasons above)")
+    return specs
+
+
+# ---------------------------------------------------------------- processes
+
+
+class Processes:
+    """Child processes, each in its own session so a terminal's Ctrl-C reaches only this supervisor."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path):
+        self.env = env
+        self.log_dir = log_dir
+        self.procs: dict[str, tuple[subprocess.Popen, Path]] = {}
+
+    def spawn(self, name: str, args: list[str]) -> None:
+        log = self.log_dir / f"{name}.log"
+        with open(log, "ab") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "omnijobs", *args], env=self.env, stdout=out,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.procs[name] = (proc, log)
+
+    def dead(self) -> tuple[str, int, str] | None:
+        for name, (proc, log) in self.procs.items():
+            if proc.poll() is not None:
+                return name, proc.returncode, _tail(log)
+        return None
+
+    def log_says(self, name: str, text: bytes) -> bool:
+        return text in self.procs[name][1].read_bytes()
+
+    def stop(self, first: list[str] = ()) -> None:
+        """SIGTERM (warm shutdown: workers hand back unfinished messages), then SIGKILL after a while."""
+        order = [n for n in first if n in self.procs] + [n for n in self.procs if n not in first]
+        for name in order:
+            proc = self.procs[name][0]
+            if proc.poll() is None:
+                _signal_group(proc, signal.SIGTERM)
+            if name in first:
+                _wait(proc, STOP_TIMEOUT_S)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for name in order:
+            proc = self.procs[name][0]
+            if not _wait(proc, max(0.0, deadline - time.monotonic())):
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait()
+        self.procs.clear()
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _wait(proc: subprocess.Popen, timeout: float) -> bool:
+    try:
+        proc.wait(timeout=timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- the command
+
+
+class _Stop:
+    """Set by SIGINT/SIGTERM; every wait of the supervisor checks it."""
+
+    def __init__(self):
+        self.event = threading.Event()
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self.event.set())
+
+    def sleep(self, seconds: float) -> bool:
+        return self.event.wait(seconds)
+
+
+def prepare(settings: Settings, options: DevOptions, echo: Callable[[str], None]) -> tuple[Settings, list]:
+    """Folder, schema and models: what must exist before any process starts."""
+    from omnijobs.models.tiny import build_tiny
+    from omnijobs.pipelines import load_registry
+    from omnijobs.store.migrate import upgrade
+
+    options.folder.mkdir(parents=True, exist_ok=True)
+    if not (options.folder / "omnijobs.db").exists():
+        (options.folder / KEY_FILE).unlink(missing_ok=True)  # a key of a job store that is gone
+    dev_settings = settings.model_copy(update={
+        "database_url": f"sqlite:///{options.folder.resolve() / 'omnijobs.db'}",
+        "broker_url": "filesystem://",
+        "broker_dir": options.folder.resolve() / "broker",
+        "artifacts": "file",
+        "artifacts_dir": options.folder.resolve() / "artifacts",
+    })
+    upgrade(dev_settings.database_url)
+    specs = choose_pipelines(load_registry(dev_settings.pipelines_path), options.pipelines,
+                             dev_settings.models_dir, echo)
+    needed = sorted({s.model for spec in specs for s in spec.stages.values() if s.model})
+    started = time.monotonic()
+    built = build_tiny(dev_settings.models_dir, only=needed)
+    if built:
+        echo(f"built {len(built)} tiny model(s) under {dev_settings.models_dir} in {time.monotonic() - started:.1f}s")
+    return dev_settings, specs
+
+
+def run_dev(settings: Settings, options: DevOptions, echo: Callable[[str], None] = print) -> int:
+    import httpx
+
+    stop = _Stop()
+    stop.install()
+    dev_settings, specs = prepare(settings, options, echo)
+    folder = options.folder.resolve()
+    log_dir = folder / "logs"
+    log_dir.mkdir(exist_ok=True)
+    env = {**os.environ, **dev_environment(folder), "OMNIJOBS_MODELS_DIR": str(dev_settings.models_dir)}
+    api_key = ensure_api_key(env, folder, log_dir)
+    port = options.port or _free_port(options.host)
+    url = f"http://{options.host}:{port}"
+
+    procs = Processes(env, log_dir)
+    workers = [f"{spec.name}.{stage}" for spec in specs for stage in spec.stages]
+    try:
+        for stage in workers:
+            procs.spawn(f"worker-{stage}", ["worker", "--stage", stage, "--device", "cpu"])
+        procs.spawn("reconciler", ["reconciler"])
+        procs.spawn("api", ["api", "--host", options.host, "--port", str(port)])
+        echo(f"starting the API and {len(workers)} stage worker(s) (logs in {log_dir})...")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        with httpx.Client(base_url=url, timeout=30, headers=headers) as client:
+            if not _wait_ready(procs, client, [f"worker-{s}" for s in workers], stop, echo):
+                return 130 if stop.event.is_set() else 1
+            _banner(echo, url, api_key, specs, folder)
+            if options.demo:
+                from omnijobs.demo_jobs import run_demo_jobs
+
+                return 1 if run_demo_jobs(client, specs, folder / "outputs", echo, stop.event) else 0
+            while not stop.sleep(0.5):
+                died = procs.dead()
+                if died:
+                    echo(f"error: {died[0]} exited with {died[1]}; stopping. Its log ends with:\n{died[2]}")
+                    return 1
+            return 0
+    finally:
+        echo("stopping...")
+        procs.stop(first=["api"])
+        echo("stopped")
+
+
+def _wait_ready(procs: Processes, client, worker_names: list[str], stop: _Stop, echo) -> bool:
+    import httpx
+
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    waiting = set(worker_names)
+    api_ready = False
+    while time.monotonic() < deadline:
+        died = procs.dead()
+        if died:
+            echo(f"error: {died[0]} exited with {died[1]} while starting. Its log ends with:\n{died[2]}")
+            return False
+        # Celery prints "<name> ready." once the worker consumes its queue (after the engine loaded).
+        waiting = {name for name in waiting if not procs.log_says(name, b" ready.")}
+        if not api_ready:
+            try:
+                api_ready = client.get("/readyz").status_code == 200
+            except httpx.HTTPError:
+                pass
+        if api_ready and not waiting:
+            return True
+        if stop.sleep(0.3):
+            return False
+    echo(f"error: not ready after {READY_TIMEOUT_S:.0f}s (api ready: {api_ready}; waiting for {sorted(waiting)})")
+    return False
+
+
+def ensure_api_key(env: dict[str, str], folder: Path, log_dir: Path) -> str | None:
+    """The dev folder's API key, made once with `omnijobs keys create` when the API has keys."""
+    path = folder / KEY_FILE
+    if path.exists():
+        return path.read_text().strip() or None
+    proc = subprocess.run([sys.executable, "-m", "omnijobs", "keys", "create", "--name", "dev", "--admin"],
+                          check=False, env=env, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        if "No such command" in proc.stderr:
+            return None  # this version has no API keys: the API is open
+        raise DevError(f"could not create an API key: {proc.stderr.strip()[-2000:]}")
+    found = re.search(r"\bomk_[A-Za-z0-9_\-]+", proc.stdout)
+    if not found:
+        raise DevError(f"`omnijobs keys create` printed no key:\n{proc.stdout[-2000:]}")
+    path.write_text(found.group(0) + "\n")
+    path.chmod(0o600)
+    (log_dir / "keys-create.log").write_text(proc.stdout)
+    return found.group(0)
+
+
+def _banner(echo, url: str, api_key: str | None, specs: list, folder: Path) -> None:
+    import json
+
+    from omnijobs.demo_jobs import example_request
+
+    auth = f" -H 'authorization: Bearer {api_key}'" if api_key else ""
+    echo("")
+    echo(f"OmniJobs is running at {url}  (job store, queues and artifacts under {folder})")
+    if api_key:
+        echo(f"API key (admin): {api_key}   (also in {folder / KEY_FILE})")
+    echo(f"pipelines: {', '.join(s.name for s in specs)}  (GET {url}/v1/pipelines for their inputs)")
+    texts = [s for s in specs if all(p.type == "text" for p in s.inputs.values())]
+    body = example_request(texts[0]) if texts else None
+    if body:
+        echo("submit a job and read it back:")
+        echo(f"  curl -s -XPOST {url}/v1/jobs -H 'content-type: application/json'{auth} \\")
+        echo(f"    -d '{json.dumps(body)}'")
+        echo(f"  curl -s {url}/v1/jobs/<id>{auth}")
+    echo("Ctrl-C stops everything.")
