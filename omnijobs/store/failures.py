@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import select
 
 from omnijobs import orchestrator
+from omnijobs.dispatch import Publisher, dispatch
 from omnijobs.errors import Conflict, NotFound
 from omnijobs.messages import StageTask
 from omnijobs.store.db import make_sessions
@@ -24,9 +25,9 @@ def attempts(job: JobView) -> list[dict[str, Any]]:
     return sorted(out, key=lambda e: str(e.get("at", "")))
 
 
-def retry_job(store: JobStore, job_id: str) -> tuple[JobView, list[StageTask]]:
+def retry_job(store: JobStore, publisher: Publisher, job_id: str) -> JobView:
     """Put a failed job back in the queue: stages that succeeded keep their outputs, the failed stage
-    gets a fresh budget of attempts, the stages after it wait again. Returns the tasks to publish."""
+    gets a fresh budget of attempts, the stages after it wait again."""
     try:
         jid = uuid.UUID(str(job_id))
     except ValueError:
@@ -54,4 +55,5 @@ def retry_job(store: JobStore, job_id: str) -> tuple[JobView, list[StageTask]]:
             runs[name].status = RunStatus.QUEUED
             tasks.append(StageTask(str(runs[name].id), runs[name].attempt, runs[name].queue, job.priority))
         job.status, job.error, job.outputs, job.finished_at, job.updated_at = JobStatus.QUEUED, None, None, None, now
-    return store.get_job(jid), tasks
+    dispatch(store, publisher, tasks)
+    return store.get_job(jid)

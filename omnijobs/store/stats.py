@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, case, func, inspect, select, text
 
 from omnijobs.store.db import make_sessions
 from omnijobs.store.states import JobStatus, RunStatus
@@ -122,3 +122,77 @@ def _pipeline_stats(rows: list, open_jobs: dict[str, int], window_s: float) -> d
         "queue_wait_s": percentiles([w for r in rows if (w := _seconds(r.created_at, r.started_at)) is not None]),
         "total_s": percentiles([t for r in rows if (t := _seconds(r.created_at, r.finished_at)) is not None]),
     }
+
+
+def _seconds_between(dialect: str, start, end):
+    """SQL for (end - start) in seconds, in the store's dialect."""
+    if dialect == "sqlite":
+        return (func.julianday(end) - func.julianday(start)) * 86400.0
+    return func.extract("epoch", end - start)
+
+
+class MonitorQueries:
+    """Aggregates over every row, for the queue view and Prometheus (cumulative, so rates work)."""
+
+    def __init__(self, engine: Engine):
+        self.dialect = engine.dialect.name
+        self._sessions = make_sessions(engine)
+
+    def open_runs(self) -> dict[str, dict[str, Any]]:
+        """Per queue: queued and running runs, and when the oldest queued one was put in the queue."""
+        with self._sessions() as s:
+            rows = s.execute(
+                select(StageRun.queue, StageRun.status, func.count(),
+                       func.min(func.coalesce(StageRun.enqueued_at, StageRun.updated_at)))
+                .where(StageRun.status.in_([RunStatus.QUEUED, RunStatus.RUNNING]))
+                .group_by(StageRun.queue, StageRun.status)
+            ).all()
+        out: dict[str, dict[str, Any]] = defaultdict(lambda: {"queued": 0, "running": 0, "oldest_queued_at": None})
+        for queue, status, n, oldest in rows:
+            out[queue][status] = n
+            if status == RunStatus.QUEUED:
+                out[queue]["oldest_queued_at"] = oldest
+        return dict(out)
+
+    def jobs_by_status(self) -> list[tuple[str, str, int]]:
+        with self._sessions() as s:
+            return [tuple(r) for r in s.execute(
+                select(Job.pipeline, Job.status, func.count()).group_by(Job.pipeline, Job.status))]
+
+    def duration_histograms(self, buckets: Sequence[float]) -> dict[str, dict[str, tuple[list[int], float, int]]]:
+        """{"run_s"|"queue_wait_s": {queue: (cumulative counts per bucket, sum, count)}} over ended runs."""
+        run_s = _seconds_between(self.dialect, StageRun.started_at, StageRun.finished_at)
+        wait_s = _seconds_between(self.dialect, func.coalesce(StageRun.enqueued_at, StageRun.created_at),
+                                  StageRun.started_at)
+        out: dict[str, dict[str, tuple[list[int], float, int]]] = {}
+        with self._sessions() as s:
+            for name, expr in (("run_s", run_s), ("queue_wait_s", wait_s)):
+                cols = [func.sum(case((expr <= b, 1), else_=0)) for b in buckets]
+                rows = s.execute(
+                    select(StageRun.queue, func.count(), func.coalesce(func.sum(expr), 0.0), *cols)
+                    .where(StageRun.started_at.is_not(None), StageRun.finished_at.is_not(None))
+                    .group_by(StageRun.queue)
+                ).all()
+                out[name] = {r[0]: ([int(c or 0) for c in r[3:]], float(r[2]), int(r[1])) for r in rows}
+        return out
+
+    def batch_size_counts(self) -> dict[str, dict[int, int]]:
+        """{queue: {batch size: number of batches}} over every batch that ran."""
+        with self._sessions() as s:
+            rows = s.execute(
+                select(StageRun.queue, StageRun.batch_size, func.count(func.distinct(StageRun.batch_id)))
+                .where(StageRun.batch_id.is_not(None), StageRun.batch_size.is_not(None))
+                .group_by(StageRun.queue, StageRun.batch_size)
+            ).all()
+        out: dict[str, dict[int, int]] = defaultdict(dict)
+        for queue, size, n in rows:
+            out[queue][int(size)] = int(n)
+        return dict(out)
+
+    def webhook_deliveries(self) -> list[tuple[str, int]] | None:
+        """Deliveries by status, or None where the webhook table does not exist."""
+        if not inspect(self._sessions.kw["bind"]).has_table("webhook_deliveries"):
+            return None
+        with self._sessions() as s:
+            rows = s.execute(text("SELECT status, count(*) FROM webhook_deliveries GROUP BY status")).all()
+        return [(str(r[0]), int(r[1])) for r in rows]

@@ -74,20 +74,19 @@ class WorkerRegistry:
     def heartbeat(self, name: str) -> None:
         self._set(name, last_heartbeat=_now())
 
+    # NOTE: the batch counters are for operators; a failure to write them is logged, never raised
+    # into the batch, whose durability lives in stage_runs.
+
     def batch_started(self, name: str, size: int) -> None:
-        self._set(name, batch_size=size, last_heartbeat=_now())
+        self._quietly(self._set, name, batch_size=size, last_heartbeat=_now())
 
     def batch_done(self, name: str, succeeded: int, failed: int) -> None:
         """Count a finished batch; `batch_size` keeps the size of the last batch."""
-        with self._sessions.begin() as s:
-            s.execute(
-                update(Worker).where(Worker.name == name).values(
-                    batches=Worker.batches + 1, jobs_done=Worker.jobs_done + succeeded,
-                    failures=Worker.failures + failed, last_heartbeat=_now())
-            )
+        self._quietly(self._set, name, batches=Worker.batches + 1, jobs_done=Worker.jobs_done + succeeded,
+                      failures=Worker.failures + failed, last_heartbeat=_now())
 
     def stopped(self, name: str) -> None:
-        self._set(name, stopped_at=_now(), batch_size=0)
+        self._quietly(self._set, name, stopped_at=_now(), batch_size=0)
 
     def list(self, dead_after_s: float, forget_after_s: float = 24 * 3600) -> list[WorkerView]:
         """Workers seen within `forget_after_s`, each marked alive, dead or stopped."""
@@ -112,6 +111,13 @@ class WorkerRegistry:
 
         threading.Thread(target=loop, name="worker-heartbeat", daemon=True).start()
         return stop
+
+    @staticmethod
+    def _quietly(fn, *args, **kwargs) -> None:
+        try:
+            fn(*args, **kwargs)
+        except Exception:
+            log.warning("could not update the worker registry", exc_info=True)
 
     def _set(self, name: str, **values) -> None:
         with self._sessions.begin() as s:
