@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from omnijobs.errors import Conflict, NotFound
 from omnijobs.store.db import make_sessions
 from omnijobs.store.tables import Job, WebhookDelivery
+from omnijobs.webhooks.events import DEFAULT_FILTER
 from omnijobs.webhooks.policy import PENDING, Decision
 
 SENDING = "sending"
@@ -57,7 +58,9 @@ class DeliveryView:
 def record_event(s: Session, job: Job, event: str, now: datetime, stage: str | None = None) -> None:
     """Add the outbox row for `event` if the job has a webhook asking for it. Call inside the
     transaction that makes the change."""
-    if not job.webhook or event not in (job.webhook_events or ()):
+    if not job.webhook:
+        return
+    if event not in (job.webhook_events if job.webhook_events is not None else DEFAULT_FILTER):
         return
     s.add(WebhookDelivery(
         id=uuid.uuid4(), job_id=job.id, event=event, stage=stage, url=job.webhook, status=PENDING, attempts=0,
