@@ -25,9 +25,11 @@ from omnijobs.store.files import FileStore, FileView
 
 log = logging.getLogger(__name__)
 
-# Folders of the artifact store: uploads live until their retention; a job's own inputs go with it.
+# Uploads live under their own folder, apart from any job: several jobs may name one upload.
 UPLOADS = "files"
-JOB_INPUTS = "inputs"
+# A job's fetched and inline inputs live under the job's own prefix, so they go when its artifacts
+# go; a stage name cannot start with "_", so this never meets a stage's outputs.
+JOB_INPUTS = "_inputs"
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,8 @@ class MediaInputs:
 
     # ---------------------------------------------------------------- job inputs
 
-    def resolve(self, spec: PipelineSpec, inputs: dict[str, Any], owner: str | None) -> Resolved:
+    def resolve(self, spec: PipelineSpec, inputs: dict[str, Any], owner: str | None,
+                job_id: uuid.UUID | None = None) -> Resolved:
         """Replace each media input by a reference to stored, validated bytes.
 
         Raises a RequestError before anything is stored if any media input is refused.
@@ -82,12 +85,12 @@ class MediaInputs:
                                field="inputs")
         loaded = {name: self._load(spec.inputs[name].type, inputs[name], f"inputs.{name}", owner) for name in media}
         out, stored = dict(inputs), []
-        folder = uuid.uuid4().hex
+        folder = str(job_id or uuid.uuid4())
         try:
             for name, item in loaded.items():
                 if isinstance(item, _Pending):
                     c = item.checked
-                    uri = self.connector.put(new_key(JOB_INPUTS, folder, name, c.extension), item.data, c.content_type)
+                    uri = self.connector.put(new_key(folder, JOB_INPUTS, name, c.extension), item.data, c.content_type)
                     stored.append(uri)
                     out[name] = make_ref(uri, c.kind, c.content_type, c.nbytes)
                 else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from typing import Any
 
 from omnijobs.dispatch import Publisher, dispatch
@@ -49,11 +50,12 @@ def submit(
         existing = store.find_idempotent(owner, idempotency_key, digest)
         if existing is not None:
             return existing, False
-    resolved = _resolve_media(media, spec, clean_inputs, owner)
+    job_id = uuid.uuid4()
+    resolved = _resolve_media(media, spec, clean_inputs, owner, job_id)
     try:
         job, tasks, created = store.create_job(
             spec, resolved.inputs, clean_params, priority=priority, metadata=metadata, owner=owner,
-            idempotency_key=idempotency_key, request_hash=digest,
+            idempotency_key=idempotency_key, request_hash=digest, job_id=job_id,
         )
     except BaseException:
         if media is not None:
@@ -65,9 +67,10 @@ def submit(
     return job, created
 
 
-def _resolve_media(media: MediaInputs | None, spec, inputs: dict[str, Any], owner: str | None) -> Resolved:
+def _resolve_media(media: MediaInputs | None, spec, inputs: dict[str, Any], owner: str | None,
+                   job_id: uuid.UUID) -> Resolved:
     if media is not None:
-        return media.resolve(spec, inputs, owner)
+        return media.resolve(spec, inputs, owner, job_id=job_id)
     for name in inputs:
         if spec.inputs[name].type in KINDS:
             raise InvalidInput("media inputs are not accepted here", field=f"inputs.{name}")

@@ -48,6 +48,7 @@ class JobStore:
         owner: str | None = None,
         idempotency_key: str | None = None,
         request_hash: str | None = None,
+        job_id: uuid.UUID | None = None,
     ) -> tuple[JobView, list[StageTask], bool]:
         """Write the job and all its stage runs in one transaction.
 
@@ -55,7 +56,7 @@ class JobStore:
         request, returns the existing job and created=False; for another request, raises Conflict.
         """
         now = utcnow()
-        job_id = uuid.uuid4()
+        job_id = job_id or uuid.uuid4()  # given when inputs were stored under the job's prefix first
         skipped = orchestrator.skipped_stages(spec, inputs)
         ready = set(orchestrator.initial_ready(spec, skipped))
         tasks = []

@@ -141,6 +141,8 @@ def test_data_uri_and_submit_store_a_reference(media, store):
     assert (image["content_type"], image["bytes"], audio["content_type"]) == ("image/png", len(PNG), "audio/wav")
     assert media.connector.get(image["artifact"]) == PNG and media.connector.get(audio["artifact"]) == WAV
     assert store.get_job(job.id).inputs == job.inputs
+    # Stored under the job's own prefix, so the job's cleanup takes them along.
+    assert f"/{job.id}/_inputs/image-" in image["artifact"] and f"/{job.id}/_inputs/audio-" in audio["artifact"]
 
 
 @pytest.mark.parametrize("name,inputs,error,match", [
