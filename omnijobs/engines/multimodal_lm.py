@@ -157,14 +157,18 @@ class MultimodalLMEngine(Engine):
                     self.ctx.should_stop)]),
             )
         for j, i in enumerate(live):
-            tokens = _cut(out.sequences[j, prompt_len:].tolist(), sampling[j]["max_tokens"], set(self.stop_ids))
+            drawn = out.sequences[j, prompt_len:].tolist()[: sampling[j]["max_tokens"]]
+            tokens = _cut(drawn, sampling[j]["max_tokens"], set(self.stop_ids))
             result = {
                 "text": self.tokenizer.decode(tokens, skip_special_tokens=True),
                 "token_ids": tokens,
                 "usage": {"prompt_tokens": len(rows[j]["ids"]), "completion_tokens": len(tokens)},
             }
             if handoff and _wants_audio(batch[i]):
-                result["hidden"] = self._handoff(out.hidden_states, j, rows[j], tokens, prompt_len)
+                # A reply token has states once the model consumed it: every token before a stop token,
+                # but never the last one of a row cut at max_tokens (whatever its neighbours did).
+                n_reply = len(tokens) if any(t in self.stop_ids for t in drawn) else max(0, len(tokens) - 1)
+                result["hidden"] = self._handoff(out.hidden_states, j, rows[j], tokens[:n_reply], prompt_len)
             results[i] = result
         return results
 
@@ -199,8 +203,7 @@ class MultimodalLMEngine(Engine):
                  prompt_len: int) -> dict[str, torch.Tensor]:
         """One row's thinker states for the talker: prompt and reply, unpadded.
 
-        `hidden_states[k]` (k >= 1) is the forward pass that consumed reply token k-1, so a reply
-        token has states only if a later step ran; the full model drops the last one too.
+        `hidden_states[k]` (k >= 1) is the forward pass that consumed reply token k-1.
         """
         layer = int(self.ctx.stage.options.get("hidden_layer", -1))
         n_prompt = len(row["ids"])
