@@ -18,6 +18,10 @@ class JobCreate(BaseModel):
     params: dict[str, Any] | None = None
     priority: int = Field(default=0, ge=0, le=9, description="0 (default) to 9 (most urgent)")
     metadata: dict[str, Any] | None = None
+    webhook: str | None = Field(default=None, max_length=2048, description="http(s) URL to POST signed events to")
+    webhook_events_filter: list[str] | None = Field(
+        default=None, description="job.succeeded, job.failed, job.canceled (the default), job.started, "
+                                  "job.stage_completed")
 
 
 class ErrorDetail(BaseModel):

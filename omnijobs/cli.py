@@ -74,12 +74,44 @@ def reconciler(once: bool = False) -> None:
     _logging()
     settings = get_settings()
     store = JobStore(make_engine(settings.database_url, pool_size=2), load_registry(settings.pipelines_path))
-    publisher = CeleryPublisher(make_celery(settings))
+    celery = make_celery(settings)
+    publisher = CeleryPublisher(celery)
+    chores = _reconciler_chores(settings, store.engine, celery)
     if once:
         report = sweep(store, publisher, settings.requeue_after_s)
+        for chore in chores:
+            chore()
         typer.echo(json.dumps(report.__dict__))
         return
-    run_forever(store, publisher, settings.reconcile_interval_s, settings.requeue_after_s)
+    run_forever(store, publisher, settings.reconcile_interval_s, settings.requeue_after_s, chores)
+
+
+def _reconciler_chores(settings, engine, celery) -> list:
+    """Also in the reconciler's loop: re-send lost webhook deliveries, and expire old artifacts."""
+    from omnijobs.retention import sweep_retention
+    from omnijobs.store.retention import RetentionStore
+    from omnijobs.store.webhooks import WebhookStore
+    from omnijobs.webhooks.relay import relay
+    from workers.webhook_worker import CeleryDeliveryPublisher
+
+    webhooks, deliveries, retention = WebhookStore(engine), CeleryDeliveryPublisher(celery), RetentionStore(engine)
+
+    def webhook_relay():
+        return relay(webhooks, deliveries, settings.requeue_after_s)
+
+    def retention_sweep():
+        return sweep_retention(retention, settings)
+
+    return [webhook_relay, retention_sweep]
+
+
+@app.command()
+def webhooks(loglevel: str = "INFO") -> None:
+    """Deliver signed webhooks from the webhook queue (and relay due ones from the outbox to it)."""
+    from workers.webhook_worker import run_webhook_worker
+
+    _logging(loglevel)
+    run_webhook_worker(get_settings(), loglevel)
 
 
 @app.command()

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
 
 from omnijobs.dispatch import Publisher, dispatch
 from omnijobs.store.jobs import JobStore
@@ -41,10 +43,18 @@ def sweep(store: JobStore, publisher: Publisher, requeue_after_s: float) -> Swee
     return report
 
 
-def run_forever(store: JobStore, publisher: Publisher, interval_s: float, requeue_after_s: float) -> None:
+def run_forever(store: JobStore, publisher: Publisher, interval_s: float, requeue_after_s: float,
+                chores: Sequence[Callable[[], object]] = ()) -> None:
+    """Sweep every `interval_s`; `chores` (webhook relay, retention) run after each sweep, each on its own."""
     while True:
         try:
             sweep(store, publisher, requeue_after_s)
         except Exception:
             log.exception("reconciler sweep failed; trying again")
+        for chore in chores:
+            try:
+                chore()
+            except Exception:
+                log.exception("reconciler chore %s failed; trying again", getattr(chore, "__name__", chore))
         time.sleep(interval_s)
+

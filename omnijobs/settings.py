@@ -62,6 +62,22 @@ class Settings(BaseSettings):
 
     api_base_url: str = ""
 
+    # Webhooks. Jobs without an owner (no API keys) are signed with these `whsec_` secrets,
+    # comma-separated, newest first: several sign at once while one is rotated.
+    webhook_secret: str = ""
+    webhook_timeout_s: float = 15.0
+    # Seconds before each retry; after the last one the delivery is given up.
+    webhook_retry_schedule_s: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)
+    webhook_jitter: float = 0.1
+    webhook_concurrency: int = 8
+    webhook_relay_interval_s: float = 1.0
+    # A send not recorded this long after it began is taken as lost and retried.
+    webhook_lease_s: float = 60.0
+
+    # Retention: artifacts of jobs finished longer ago than this are deleted (the rows stay); 0 = keep.
+    retention_s: float = 7 * 24 * 3600.0
+    retention_batch: int = 200
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -15,6 +15,7 @@ from omnijobs.pipelines import PipelineRegistry
 from omnijobs.store.jobs import JobStore
 from omnijobs.store.records import JobView
 from omnijobs.submission import reject_nul, validate_inputs, validate_params
+from omnijobs.webhooks.events import validate_webhook
 
 
 def request_hash(body: dict[str, Any]) -> str:
@@ -34,6 +35,9 @@ def submit(
     owner: str | None = None,
     idempotency_key: str | None = None,
     media: MediaInputs | None = None,
+    webhook: Any = None,
+    webhook_events_filter: Any = None,
+    allowed_hosts: frozenset[str] = frozenset(),
 ) -> tuple[JobView, bool]:
     """Returns (job, created). Raises RequestError subclasses before anything is written.
 
@@ -43,10 +47,14 @@ def submit(
     reject_nul({"inputs": inputs, "params": params, "metadata": metadata})
     clean_inputs = validate_inputs(spec, inputs)
     clean_params = validate_params(spec, params)
+    hook, hook_events = validate_webhook(webhook, webhook_events_filter, allowed_hosts)
     digest = None
     if idempotency_key is not None:
-        digest = request_hash({"pipeline": pipeline, "inputs": inputs, "params": params, "priority": priority,
-                               "metadata": metadata})
+        hashed = {"pipeline": pipeline, "inputs": inputs, "params": params, "priority": priority,
+                  "metadata": metadata}
+        if hook is not None:  # only then, so digests of requests without a webhook stay as they were
+            hashed |= {"webhook": hook, "webhook_events_filter": hook_events}
+        digest = request_hash(hashed)
         existing = store.find_idempotent(owner, idempotency_key, digest)
         if existing is not None:
             return existing, False
@@ -56,6 +64,7 @@ def submit(
         job, tasks, created = store.create_job(
             spec, resolved.inputs, clean_params, priority=priority, metadata=metadata, owner=owner,
             idempotency_key=idempotency_key, request_hash=digest, job_id=job_id,
+            webhook=hook, webhook_events=hook_events,
         )
     except BaseException:
         if media is not None:

@@ -22,6 +22,7 @@ from omnijobs.store.db import make_sessions
 from omnijobs.store.records import ClaimedRun, JobView, RunView
 from omnijobs.store.states import FINAL_JOB, JobStatus, RunStatus
 from omnijobs.store.tables import Job, StageRun
+from omnijobs.store.webhooks import record_event
 from omnijobs.submission import effective_params
 
 
@@ -49,6 +50,8 @@ class JobStore:
         idempotency_key: str | None = None,
         request_hash: str | None = None,
         job_id: uuid.UUID | None = None,
+        webhook: str | None = None,
+        webhook_events: list[str] | None = None,
     ) -> tuple[JobView, list[StageTask], bool]:
         """Write the job and all its stage runs in one transaction.
 
@@ -67,6 +70,7 @@ class JobStore:
                         id=job_id, pipeline=spec.name, status=JobStatus.QUEUED, owner=owner, priority=priority,
                         inputs=inputs, params=params, meta=metadata or {}, idempotency_key=idempotency_key,
                         request_hash=request_hash, created_at=now, updated_at=now,
+                        webhook=webhook, webhook_events=webhook_events,
                     )
                 )
                 s.flush()
@@ -165,11 +169,14 @@ class JobStore:
             s.execute(
                 update(StageRun).where(StageRun.id.in_([r.id for r in claimed])).values(batch_size=len(claimed))
             )
-            s.execute(
+            started = s.scalars(
                 update(Job)
                 .where(Job.id.in_({r.job_id for r in claimed}), Job.status == JobStatus.QUEUED)
                 .values(status=JobStatus.RUNNING, started_at=now, updated_at=now)
-            )
+                .returning(Job.id)
+            ).all()
+            for job_id in started:
+                record_event(s, s.get(Job, job_id), "job.started", now)
             result = []
             for run in claimed:
                 job = s.get(Job, run.job_id)
@@ -219,6 +226,7 @@ class JobStore:
             ).rowcount
             if not done:
                 return []  # lease lost or job canceled meanwhile: someone else owns the outcome
+            record_event(s, job, "job.stage_completed", now, stage=run.stage)
             return self._advance(s, job, now)
 
     def fail(self, run: ClaimedRun, error: dict, retry: bool, delay_s: float = 0.0, worker: str | None = None
@@ -344,6 +352,8 @@ class JobStore:
                     error: dict | None = None) -> None:
         job.status, job.finished_at, job.updated_at = status, now, now
         job.outputs, job.error = outputs, error
+        # The outbox row commits with the final state, or neither does.
+        record_event(Session.object_session(job), job, f"job.{status}", now)
 
     @staticmethod
     def _lock_job(s: Session, job_id: uuid.UUID) -> Job:
