@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/pip install --quiet --disable-pip-version-check -c tests/constraints.txt -e ".[transformers,s3,test]"
+.venv/bin/pip install --quiet --disable-pip-version-check -c tests/constraints.txt -e ".[transformers,diffusers,s3,test]"
 
 if ! pg_isready -q -h 127.0.0.1 -p 5432; then
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start
