@@ -12,7 +12,7 @@ import warnings
 import wave
 from dataclasses import dataclass
 
-from omnijobs.errors import InvalidInput, TooLarge
+from omnijobs.errors import InvalidInput, RequestError, TooLarge
 
 KINDS = ("image", "audio", "video")
 
@@ -128,11 +128,13 @@ def _check_image(data: bytes, max_pixels: int, field: str | None) -> str:
                 # NOTE: decoding the (first) frame is what finds truncated or corrupt pixel data;
                 # the pixel limit above bounds its cost.
                 img.load()
+    except RequestError:
+        raise
     except Image.DecompressionBombError as exc:
         raise TooLarge(f"image exceeds the pixel limit (media_max_pixels={max_pixels})", field=field) from exc
     except UnidentifiedImageError as exc:
         raise InvalidInput(f"input is not a readable image (supported: {SUPPORTED['image']})", field=field) from exc
-    except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
+    except Exception as exc:  # NOTE: decoders fail on hostile bytes in many ways; every one is the client's
         raise InvalidInput(f"image is truncated or corrupt: {exc}", field=field) from exc
     return IMAGE_FORMATS[fmt]
 
@@ -151,8 +153,12 @@ def _check_wav(data: bytes, field: str | None) -> None:
     except wave.Error as exc:
         raise InvalidInput(f"WAV is not readable PCM audio ({exc}); supported: {SUPPORTED['audio']}",
                            field=field) from exc
+    except RequestError:
+        raise
     except (EOFError, struct.error) as exc:
         raise InvalidInput("WAV is truncated: its header is incomplete", field=field) from exc
+    except Exception as exc:
+        raise InvalidInput(f"WAV is corrupt: {exc}", field=field) from exc
     expected = frames * channels * width
     if got < expected:
         raise InvalidInput(f"WAV is truncated: header promises {expected} bytes of audio, found {got}", field=field)
