@@ -19,14 +19,14 @@ FOLDERS = ["tiny/qwen2_5_omni", "tiny/qwen3_omni", "tiny/qwen2_5_vl"]
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def models(models_dir):
+    # The session's tiny models include these families (built once for the whole suite).
     from omnijobs.models.tiny import build_tiny
 
-    path = tmp_path_factory.mktemp("omni-models")
     start = time.monotonic()
-    build_tiny(path, only=FOLDERS)
-    print(f"built {len(FOLDERS)} tiny omni/VL families in {time.monotonic() - start:.1f}s")
-    return path
+    build_tiny(models_dir, only=FOLDERS)  # no-op unless a folder is missing
+    print(f"tiny omni/VL families ready in {time.monotonic() - start:.1f}s")
+    return models_dir
 
 
 def png(color: str, size: tuple[int, int] = (56, 56)) -> Media:
