@@ -122,12 +122,8 @@ class MediaInputs:
         return _Pending(data, validate(data, expect=kind, max_pixels=self.settings.media_max_pixels, field=field))
 
     def _uploaded(self, kind: str, file_id: str, field: str, owner: str | None) -> dict[str, Any]:
-        try:
-            f = self.files.get(file_id, field=field)
-        except NotFound:
-            f = None
-        # Another owner's file answers like a missing one: ids must not be probeable.
-        if f is None or f.owner != owner:
+        f = self.files.get(file_id, field=field)
+        if f.owner != owner:  # another owner's file answers like a missing one: ids must not be probeable
             raise NotFound(f"no file '{file_id}'", field=field)
         if f.kind != kind:
             raise InvalidInput(f"file '{file_id}' is {f.kind} ({f.content_type}); this input takes {kind}",
@@ -138,7 +134,7 @@ class MediaInputs:
         header, sep, payload = value.partition(",")
         if not sep:
             raise InvalidInput("data URI has no ',' before its data", field=field)
-        is_base64 = header.endswith(";base64")
+        is_base64 = header.lower().endswith(";base64")
         padding = len(payload) - len(payload.rstrip("=")) if is_base64 else 0
         estimate = len(payload) * 3 // 4 - padding if is_base64 else len(payload)
         self._check_size(estimate, field)
