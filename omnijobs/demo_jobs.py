@@ -28,7 +28,8 @@ QUICK_PARAMS: dict[str, Any] = {"max_tokens": 12, "seed": 1, "steps": 2, "num_in
 
 def tiny_png(size: int = 32) -> bytes:
     """A gradient PNG, written by hand so the core needs no imaging package."""
-    rows = b"".join(b"\x00" + bytes((x * 8 % 256, y * 8 % 256, 128) for x in range(size)) for y in range(size))
+    rows = b"".join(b"\x00" + bytes(v for x in range(size) for v in (x * 8 % 256, y * 8 % 256, 128))
+                   for y in range(size))
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)

@@ -8,6 +8,8 @@ commands, started here as subprocesses with a different environment.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import re
 import signal
@@ -89,8 +91,17 @@ def why_not_runnable(spec, models_dir: Path) -> str | None:
         missing = _extra_installed(kind.extra) if kind.extra else None
         if missing:
             return f"stage {name}: needs the '{kind.extra}' extra ({missing} is not installed)"
-        if stage.model and stage.model not in BUILDERS and not resolve_model_path(stage.model, models_dir).exists():
+        if stage.model and not tiny_builder(stage.model, BUILDERS) and \
+                not resolve_model_path(stage.model, models_dir).exists():
             return f"stage {name}: model '{stage.model}' is not under {models_dir} and has no tiny builder"
+    return None
+
+
+def tiny_builder(model: str, builders) -> str | None:
+    """The tiny builder whose folder holds this model (a builder may make several, one per subfolder)."""
+    for folder in builders:
+        if model == folder or model.startswith(folder.rstrip("/") + "/"):
+            return folder
     return None
 
 
@@ -205,7 +216,7 @@ class _Stop:
 
 def prepare(settings: Settings, options: DevOptions, echo: Callable[[str], None]) -> tuple[Settings, list]:
     """Folder, schema and models: what must exist before any process starts."""
-    from omnijobs.models.tiny import build_tiny
+    from omnijobs.models.tiny import BUILDERS, build_tiny
     from omnijobs.pipelines import load_registry
     from omnijobs.store.migrate import upgrade
 
@@ -222,7 +233,7 @@ def prepare(settings: Settings, options: DevOptions, echo: Callable[[str], None]
     upgrade(dev_settings.database_url)
     specs = choose_pipelines(load_registry(dev_settings.pipelines_path), options.pipelines,
                              dev_settings.models_dir, echo)
-    needed = sorted({s.model for spec in specs for s in spec.stages.values() if s.model})
+    needed = sorted({tiny_builder(s.model, BUILDERS) for spec in specs for s in spec.stages.values()} - {None})
     started = time.monotonic()
     built = build_tiny(dev_settings.models_dir, only=needed)
     if built:
@@ -240,7 +251,7 @@ def run_dev(settings: Settings, options: DevOptions, echo: Callable[[str], None]
     log_dir = folder / "logs"
     log_dir.mkdir(exist_ok=True)
     env = {**os.environ, **dev_environment(folder), "OMNIJOBS_MODELS_DIR": str(dev_settings.models_dir)}
-    api_key = ensure_api_key(env, folder, log_dir)
+    api_key = ensure_api_key(env, folder)
     port = options.port or _free_port(options.host)
     url = f"http://{options.host}:{port}"
 
@@ -250,6 +261,8 @@ def run_dev(settings: Settings, options: DevOptions, echo: Callable[[str], None]
         for stage in workers:
             procs.spawn(f"worker-{stage}", ["worker", "--stage", stage, "--device", "cpu"])
         procs.spawn("reconciler", ["reconciler"])
+        if importlib.util.find_spec("workers.webhook_worker") is not None:
+            procs.spawn("webhooks", ["webhooks"])
         procs.spawn("api", ["api", "--host", options.host, "--port", str(port)])
         echo(f"starting the API and {len(workers)} stage worker(s) (logs in {log_dir})...")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -299,29 +312,25 @@ def _wait_ready(procs: Processes, client, worker_names: list[str], stop: _Stop, 
     return False
 
 
-def ensure_api_key(env: dict[str, str], folder: Path, log_dir: Path) -> str | None:
+def ensure_api_key(env: dict[str, str], folder: Path) -> str | None:
     """The dev folder's API key, made once with `omnijobs keys create` when the API has keys."""
     path = folder / KEY_FILE
     if path.exists():
         return path.read_text().strip() or None
-    proc = subprocess.run([sys.executable, "-m", "omnijobs", "keys", "create", "--name", "dev", "--admin"],
+    proc = subprocess.run([sys.executable, "-m", "omnijobs", "keys", "create", "--name", "dev", "--admin", "--json"],
                           check=False, env=env, capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
         if "No such command" in proc.stderr:
             return None  # this version has no API keys: the API is open
         raise DevError(f"could not create an API key: {proc.stderr.strip()[-2000:]}")
-    found = re.search(r"\bomk_[A-Za-z0-9_\-]+", proc.stdout)
-    if not found:
-        raise DevError(f"`omnijobs keys create` printed no key:\n{proc.stdout[-2000:]}")
-    path.write_text(found.group(0) + "\n")
-    path.chmod(0o600)
-    (log_dir / "keys-create.log").write_text(proc.stdout)
-    return found.group(0)
+    key = json.loads(proc.stdout)["key"]
+    for target, text in ((path, key + "\n"), (folder / f"{KEY_FILE}.json", proc.stdout)):  # .json: webhook secret too
+        target.write_text(text)
+        target.chmod(0o600)
+    return key
 
 
 def _banner(echo, url: str, api_key: str | None, specs: list, folder: Path) -> None:
-    import json
-
     from omnijobs.demo_jobs import example_request
 
     auth = f" -H 'authorization: Bearer {api_key}'" if api_key else ""
