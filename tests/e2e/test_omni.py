@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 import wave
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -113,17 +114,21 @@ def test_text_only_job_skips_the_speech_stages(omni):
 
 def test_concurrent_omni_jobs_batch_and_keep_their_own_audio(omni):
     n = 8
+
+    def body(i: int) -> dict:
+        # Each job asks for its own number of codes, so its WAV length names the job it belongs to.
+        return {
+            "pipeline": "qwen2_5_omni",
+            "inputs": {"prompt": f"job number {i}: say something", **({"image": png_uri("blue")} if i % 2 else {})},
+            "params": {"thinker": {"max_tokens": 3 + i % 3, "seed": i},
+                       "talker": {"min_tokens": 4 + i, "max_tokens": 4 + i, "seed": i},
+                       "token2wav": {"num_steps": 2}},
+        }
+
     with omni.client() as http:
-        ids = []
-        for i in range(n):
-            # Each job asks for its own number of codes, so its WAV length names the job it belongs to.
-            ids.append(submit(http, {
-                "pipeline": "qwen2_5_omni",
-                "inputs": {"prompt": f"job number {i}: say something", **({"image": png_uri("blue")} if i % 2 else {})},
-                "params": {"thinker": {"max_tokens": 3 + i % 3, "seed": i},
-                           "talker": {"min_tokens": 4 + i, "max_tokens": 4 + i, "seed": i},
-                           "token2wav": {"num_steps": 2}},
-            }))
+        # Submitted all at once, so they reach the thinker's queue within one batching window.
+        with ThreadPoolExecutor(n) as pool:
+            ids = list(pool.map(lambda i: submit(http, body(i)), range(n)))
         jobs = [wait_job(http, job_id, timeout=180) for job_id in ids]
         for i, job in enumerate(jobs):
             assert job["status"] == "succeeded", job
