@@ -15,10 +15,12 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.errors import error_body
+from api.schemas import ErrorResponse
 from omnijobs.errors import Forbidden, Unauthorized
 from omnijobs.store.keys import Principal
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+RESPONSES = {401: {"model": ErrorResponse, "description": "no API key, or one that is not valid or was revoked"}}
 COOKIE = "omnijobs_key"
 LOGIN_PAGE = Path(__file__).parent / "static" / "login.html"
 

@@ -25,9 +25,9 @@ from api.admin_schemas import (
     worker_public,
 )
 from api.auth import require_admin
-from api.deps import BaseUrlDep, PublisherDep, SettingsDep, StoreDep
+from api.deps import AdminDep, BaseUrlDep, PublisherDep, SettingsDep, StoreDep
 from api.schemas import ErrorResponse, JobPublic, job_public
-from omnijobs.errors import NotFound
+from omnijobs.errors import Conflict, NotFound
 from omnijobs.monitor import queue_overview
 from omnijobs.store.failures import attempts, retry_job
 
@@ -39,7 +39,7 @@ ASSETS = {
     "uPlot.iife.min.js": "text/javascript",
     "uPlot.min.css": "text/css",
 }
-ERRORS = {c: {"model": ErrorResponse} for c in (401, 403, 404, 409, 422)}
+ERRORS = {c: {"model": ErrorResponse} for c in (400, 401, 403, 404, 409, 422)}
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)], responses=ERRORS)
 
@@ -124,7 +124,10 @@ def create_key(body: KeyCreate, request: Request) -> KeyCreated:
 
 
 @router.post("/api/keys/{key_id}/revoke", response_model=KeyPublic)
-def revoke_key(key_id: str, request: Request) -> KeyPublic:
+def revoke_key(key_id: str, request: Request, principal: AdminDep) -> KeyPublic:
+    if key_id == principal.id:  # an admin locking itself out is a mistake, not a request
+        raise Conflict("a key cannot revoke itself; revoke it with another admin key or `omnijobs keys revoke`",
+                       field="key_id")
     return key_public(request.app.state.keys.revoke(key_id))
 
 

@@ -133,11 +133,15 @@
   function renderCharts(queues, stats) {
     const now = Date.now() / 1000;
     for (const q of queues) {
+      const depth = q.depth ?? q.queued;
+      const tput = lastMinuteThroughput(q.stage, stats);
+      // A chart per stage that has had work or workers since the page opened; idle stages stay in the table.
+      if (!charts[q.stage] && !(depth || q.queued || q.running || q.workers || tput)) continue;
       const chart = chartFor(q.stage);
       const h = history[q.stage];
       h[0].push(now);
-      h[1].push(q.depth ?? q.queued);
-      h[2].push(lastMinuteThroughput(q.stage, stats));
+      h[1].push(depth);
+      h[2].push(tput);
       if (h[0].length > HISTORY) h.forEach((a) => a.shift());
       chart.setData(h);
     }

@@ -6,16 +6,14 @@ else publishes to its queue, and no reconciler re-publishes what waits in it.
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import time
 
 import pytest
 
-from tests.cluster import Cluster, wait_job
-from tests.conftest import ARTIFACTS, FIXTURE_PIPELINES
-from tests.services import create_database, drop_database, require_postgres
+from tests.cluster import isolated_cluster, wait_job
+from tests.conftest import ARTIFACTS
 
 BOUND = 8
 DEAD_AFTER_S = 3.0
@@ -38,28 +36,11 @@ stages:
 
 @pytest.fixture(scope="module")
 def admin_cluster(settings_env, tmp_path_factory):
-    from omnijobs.store.migrate import upgrade
-
-    pg = require_postgres()
-    db = create_database(pg)
-    upgrade(db)
-    pipelines = tmp_path_factory.mktemp("admin-pipelines")
-    (pipelines / "monitor.yaml").write_text(MONITOR)
-    env = {
-        **settings_env,
-        "OMNIJOBS_DATABASE_URL": db,
-        "OMNIJOBS_PIPELINES_PATH": os.pathsep.join([str(FIXTURE_PIPELINES), str(pipelines)]),
-        "OMNIJOBS_QUEUE_BOUNDS": f'{{"monitor.work": {BOUND}}}',
-        "OMNIJOBS_WORKER_HEARTBEAT_S": "0.5",
-        "OMNIJOBS_WORKER_DEAD_AFTER_S": str(DEAD_AFTER_S),
-    }
-    c = Cluster(env, ARTIFACTS / "e2e-admin-logs")
-    try:
-        c.start_api()
-        yield c
-    finally:
-        c.stop()
-        drop_database(pg, db)
+    with isolated_cluster(settings_env, ARTIFACTS / "e2e-admin-logs", {"monitor": MONITOR},
+                          tmp_path_factory.mktemp("admin-pipelines"),
+                          OMNIJOBS_QUEUE_BOUNDS=f'{{"monitor.work": {BOUND}}}', OMNIJOBS_WORKER_HEARTBEAT_S="0.5",
+                          OMNIJOBS_WORKER_DEAD_AFTER_S=str(DEAD_AFTER_S)) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="module")
