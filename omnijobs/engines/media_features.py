@@ -35,13 +35,17 @@ def decode_wav(media: Media, rate: int, port: str = "audio") -> np.ndarray:
             frames = wav.readframes(wav.getnframes())
     except (wave.Error, EOFError) as exc:
         raise FatalStageError(f"input '{port}' is not a PCM WAV file ({media.content_type}): {exc}") from exc
-    if width not in (1, 2, 4) or not frames:
+    frames = frames[: len(frames) - len(frames) % (width * channels)]
+    if width not in (1, 2, 3, 4) or not frames:
         raise FatalStageError(f"input '{port}': unsupported or empty WAV ({width * 8}-bit, {len(frames)} bytes)")
     if width == 1:
         samples = (np.frombuffer(frames, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
+    elif width == 3:  # 24-bit: sign-extend each little-endian triple into the top of an int32
+        triples = np.frombuffer(frames, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
+        samples = ((triples[:, 0] << 8) | (triples[:, 1] << 16) | (triples[:, 2] << 24)).astype(np.float32) / 2**31
     else:
         dtype = np.int16 if width == 2 else np.int32
-        samples = np.frombuffer(frames[: len(frames) - len(frames) % (width * channels)], dtype=dtype)
+        samples = np.frombuffer(frames, dtype=dtype)
         samples = samples.astype(np.float32) / float(np.iinfo(dtype).max)
     samples = samples.reshape(-1, channels).mean(axis=1)
     return resample(samples, src_rate, rate)

@@ -50,9 +50,11 @@ class MultimodalLMEngine(Engine):
             raise EngineDead(f"model folder not found: {path} (build tiny models with `omnijobs models build-tiny`)")
         self.device = torch_device(self.ctx.device)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.image_processor = Qwen2VLImageProcessorPil.from_pretrained(path / "image_processor")
+        # Tiny builds keep each processor in its own subfolder; released checkpoints share one
+        # preprocessor_config.json at the top, which both classes read their own keys from.
+        self.image_processor = Qwen2VLImageProcessorPil.from_pretrained(_part(path, "image_processor"))
         self.feature_extractor = (
-            WhisperFeatureExtractor.from_pretrained(path / "feature_extractor")
+            WhisperFeatureExtractor.from_pretrained(_part(path, "feature_extractor"))
             if "audio" in self.tokens else None
         )
         model, info = self.model_class.from_pretrained(path, output_loading_info=True)
@@ -234,6 +236,10 @@ class MultimodalLMEngine(Engine):
             for name, tid in self.handoff_tokens.items():
                 bundle[f"embed.{name}"] = embed(torch.tensor([tid], device=self.device))[0].float().cpu()
         return bundle
+
+
+def _part(path, name: str):
+    return path / name if (path / name).is_dir() else path
 
 
 def _wants_audio(req: StageRequest) -> bool:
