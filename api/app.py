@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
-from api import errors
+from api import auth, errors
 from api.limits import BodySizeLimit
-from api.routes import files, health, jobs, pipelines
+from api.routes import admin, files, health, jobs, metrics, pipelines
 from omnijobs import __version__
+from omnijobs.admission import Admission, redis_for
 from omnijobs.artifacts.factory import make_connector
 from omnijobs.inputs import MediaInputs
 from omnijobs.pipelines import load_registry
@@ -15,13 +16,18 @@ from omnijobs.settings import Settings, get_settings
 from omnijobs.store.db import make_engine
 from omnijobs.store.files import FileStore
 from omnijobs.store.jobs import JobStore
+from omnijobs.store.keys import KeyStore
+from omnijobs.store.stats import MonitorQueries, StatsStore
+from omnijobs.store.workers import WorkerRegistry
 from workers.celery_app import make_celery
 from workers.publisher import CeleryPublisher
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    app = FastAPI(title="OmniJobs", version=__version__, description="Durable jobs for any-to-any models.")
+    # Every route needs an API key; auth.authenticate lets only the health routes through without one.
+    app = FastAPI(title="OmniJobs", version=__version__, description="Durable jobs for any-to-any models.",
+                  dependencies=[Depends(auth.authenticate)], responses=auth.RESPONSES)
     registry = load_registry(settings.pipelines_path)
     celery = make_celery(settings)
     app.state.settings = settings
@@ -30,7 +36,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.celery = celery
     app.state.publisher = CeleryPublisher(celery)
     app.state.media = MediaInputs(settings, FileStore(app.state.store.engine), make_connector(settings))
+    engine = app.state.store.engine
+    app.state.keys = KeyStore(engine)
+    app.state.admission = Admission(settings, redis_for(settings.broker_url))
+    app.state.workers = WorkerRegistry(engine)
+    app.state.stats = StatsStore(engine)
+    app.state.monitor = MonitorQueries(engine)
     errors.install(app)
+    auth.install(app)
+    for module in (admin, metrics):
+        app.include_router(module.router)
     for module in (health, jobs, pipelines, files):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, exempt=("/v1/files",))

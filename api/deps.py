@@ -6,11 +6,14 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from api.auth import authenticate, require_admin
+from omnijobs.admission import Admission
 from omnijobs.dispatch import Publisher
 from omnijobs.inputs import MediaInputs
 from omnijobs.pipelines import PipelineRegistry
 from omnijobs.settings import Settings
 from omnijobs.store.jobs import JobStore
+from omnijobs.store.keys import Principal
 
 
 def _store(request: Request) -> JobStore:
@@ -44,3 +47,13 @@ PublisherDep = Annotated[Publisher, Depends(_publisher)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 BaseUrlDep = Annotated[str, Depends(_base_url)]
 MediaDep = Annotated[MediaInputs, Depends(_media)]
+
+
+def _admission(request: Request) -> Admission:
+    return request.app.state.admission
+
+
+AdmissionDep = Annotated[Admission, Depends(_admission)]
+# Who is calling (401 without a valid key), and the same for admin-only routes (403 for other keys).
+PrincipalDep = Annotated[Principal, Depends(authenticate)]
+AdminDep = Annotated[Principal, Depends(require_admin)]

@@ -11,7 +11,9 @@ from omnijobs.store.records import JobView, RunView
 
 
 class JobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # The example is a job that runs: docs show it, and the API fuzz test submits it.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"pipeline": "chat", "inputs": {"prompt": "Hello"}, "params": {"max_tokens": 8}}]})
 
     pipeline: str = Field(min_length=1, max_length=64)
     inputs: dict[str, Any] = Field(default_factory=dict)

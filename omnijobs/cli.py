@@ -17,6 +17,8 @@ from omnijobs.settings import get_settings
 app = typer.Typer(help="OmniJobs: durable jobs for any-to-any multimodal models.", no_args_is_help=True)
 models_app = typer.Typer(help="Local models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 
 def _logging(level: str = "INFO") -> None:
@@ -145,6 +147,7 @@ def submit(
     values: Annotated[Optional[list[str]], typer.Argument(help="input=value or params.<name>=value")] = None,
     wait: bool = False,
     url: Annotated[str, typer.Option(envvar="OMNIJOBS_URL")] = "http://127.0.0.1:8000",
+    api_key: Annotated[str | None, typer.Option("--key", envvar="OMNIJOBS_API_KEY", help="API key")] = None,
 ) -> None:
     """Submit a job to a running API; with --wait, follow it to the end."""
     import httpx
@@ -160,34 +163,42 @@ def submit(
         else:
             inputs[key] = value
     body = {"pipeline": pipeline, "inputs": inputs, "params": params or None}
-    resp = httpx.post(f"{url}/v1/jobs", json=body, timeout=30)
+    resp = httpx.post(f"{url}/v1/jobs", json=body, timeout=30, headers=_auth(api_key))
     if resp.status_code >= 400:
         _fail(resp.text, 1)
     job = resp.json()
     if not wait:
         typer.echo(json.dumps(job, indent=2))
         return
-    _follow(url, job["id"])
+    _follow(url, job["id"], api_key)
 
 
 @app.command()
-def status(job_id: str, url: Annotated[str, typer.Option(envvar="OMNIJOBS_URL")] = "http://127.0.0.1:8000") -> None:
+def status(
+    job_id: str,
+    url: Annotated[str, typer.Option(envvar="OMNIJOBS_URL")] = "http://127.0.0.1:8000",
+    api_key: Annotated[str | None, typer.Option("--key", envvar="OMNIJOBS_API_KEY", help="API key")] = None,
+) -> None:
     """Show a job."""
     import httpx
 
-    resp = httpx.get(f"{url}/v1/jobs/{job_id}", timeout=30)
+    resp = httpx.get(f"{url}/v1/jobs/{job_id}", timeout=30, headers=_auth(api_key))
     if resp.status_code >= 400:
         _fail(resp.text, 1)
     typer.echo(json.dumps(resp.json(), indent=2))
 
 
-def _follow(url: str, job_id: str) -> None:
+def _auth(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def _follow(url: str, job_id: str, api_key: str | None = None) -> None:
     import httpx
 
     with typer.progressbar(length=100, label=job_id) as bar:
         done = 0
         while True:
-            job = httpx.get(f"{url}/v1/jobs/{job_id}", timeout=30).json()
+            job = httpx.get(f"{url}/v1/jobs/{job_id}", timeout=30, headers=_auth(api_key)).json()
             fraction = int(job["progress"]["fraction"] * 100)
             bar.update(fraction - done)
             done = fraction
@@ -197,6 +208,51 @@ def _follow(url: str, job_id: str) -> None:
     typer.echo(json.dumps({k: job[k] for k in ("id", "status", "outputs", "error")}, indent=2))
     if job["status"] != "succeeded":
         raise typer.Exit(1)
+
+
+def _key_store():
+    from omnijobs.store.db import make_engine
+    from omnijobs.store.keys import KeyStore
+
+    return KeyStore(make_engine(get_settings().database_url, pool_size=1))
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="who or what the key is for")],
+    admin: Annotated[bool, typer.Option("--admin", help="may use the admin routes and see every job")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Create an API key. The key and its webhook secret are printed once; only a hash is kept."""
+    new = _key_store().create(name, admin=admin)
+    if as_json:
+        typer.echo(json.dumps({"id": new.id, "name": new.info.name, "admin": new.info.admin, "key": new.key,
+                               "webhook_secret": new.webhook_secret}))
+        return
+    typer.echo(f"id:             {new.id}\nname:           {new.info.name}\nadmin:          {new.info.admin}")
+    typer.echo(f"key:            {new.key}\nwebhook secret: {new.webhook_secret}")
+    typer.echo("Store both now: they are not shown again.", err=True)
+
+
+@keys_app.command("list")
+def keys_list(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+    """List API keys (never the keys themselves)."""
+    keys = _key_store().list()
+    if as_json:
+        typer.echo(json.dumps([{"id": k.id, "name": k.name, "admin": k.admin, "prefix": k.prefix,
+                                "created_at": k.created_at.isoformat(),
+                                "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None} for k in keys]))
+        return
+    for k in keys:
+        state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
+        typer.echo(f"{k.id}  {k.prefix}…  {'admin' if k.admin else 'user ':5}  {state:24}  {k.name}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key: requests with it get 401 from now on."""
+    info = _key_store().revoke(key_id)
+    typer.echo(f"revoked {info.id} ({info.name})")
 
 
 def _parse_value(raw: str):

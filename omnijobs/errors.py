@@ -42,6 +42,29 @@ class TooLarge(RequestError):
     code = "too_large"
 
 
+class Unauthorized(RequestError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(RequestError):
+    status = 403
+    code = "forbidden"
+
+
+class TooManyRequests(RequestError):
+    """Admission refused the request for now; `retry_after` (seconds) says when to try again."""
+
+    status = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, retry_after: int, field: str | None = None, code: str | None = None):
+        super().__init__(message, field)
+        self.retry_after = max(1, int(retry_after))
+        if code:
+            self.code = code
+
+
 # --- errors while running a stage: the orchestrator decides from the class --------------------
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
@@ -48,7 +50,19 @@ class Cluster:
         self.procs[name] = proc
         return proc
 
+    def create_key(self, name: str, admin: bool = False) -> dict:
+        """A new API key made by `omnijobs keys create` (the database must be migrated)."""
+        args = [sys.executable, "-m", "omnijobs", "keys", "create", "--name", name, "--json"]
+        proc = subprocess.run([*args, "--admin"] if admin else args, check=False, env=self.env, cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError(f"omnijobs keys create failed: {proc.stderr[-2000:]}")
+        return json.loads(proc.stdout)
+
     def start_api(self) -> str:
+        if not self.auth_headers:  # every client from `client()` then acts as an admin
+            self.admin_key = self.create_key("tests-admin", admin=True)
+            self.auth_headers = {"Authorization": f"Bearer {self.admin_key['key']}"}
         port = free_port()
         self._spawn("api", ["api", "--port", str(port)])
         self.api_url = f"http://127.0.0.1:{port}"
@@ -119,3 +133,38 @@ def wait_job(client: httpx.Client, job_id: str, timeout: float = 60) -> dict:
             return job
         time.sleep(0.1)
     raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s: {job}")
+
+
+@contextlib.contextmanager
+def isolated_cluster(settings_env: dict[str, str], log_dir: Path, pipelines: dict[str, str], tmp_dir: Path,
+                     **env: str):
+    """A cluster (API only; start workers on it) with a database of its own and extra pipeline files.
+
+    Nothing else publishes to its pipelines' queues and no reconciler re-publishes into them, so a
+    test can count exactly what waits there. Their broker keys are removed afterwards.
+    """
+    import redis
+
+    from omnijobs.admission import queue_keys
+    from omnijobs.pipelines.loader import parse
+    from omnijobs.store.migrate import upgrade
+    from tests.services import create_database, drop_database, require_postgres
+
+    pg = require_postgres()
+    db = create_database(pg)
+    upgrade(db)
+    queues = []
+    for name, text in pipelines.items():
+        (tmp_dir / f"{name}.yaml").write_text(text)
+        spec = parse(text, name)
+        queues += [spec.queue(stage) for stage in spec.stages]
+    paths = os.pathsep.join(p for p in (settings_env.get("OMNIJOBS_PIPELINES_PATH", ""), str(tmp_dir)) if p)
+    cluster = Cluster({**settings_env, "OMNIJOBS_DATABASE_URL": db, "OMNIJOBS_PIPELINES_PATH": paths, **env}, log_dir)
+    broker = redis.Redis.from_url(cluster.env["OMNIJOBS_BROKER_URL"])
+    try:
+        cluster.start_api()
+        yield cluster
+    finally:
+        cluster.stop()
+        broker.delete(*[key for q in queues for key in queue_keys(q)])
+        drop_database(pg, db)

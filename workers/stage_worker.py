@@ -104,6 +104,7 @@ def run_worker(settings: Settings, stage_ref: str, device: str = "cpu", loglevel
     app = make_celery(settings, prefetch=stage.batch.max_size)
     runner = build_runner(settings, registry, spec, stage.name, device, worker_name, CeleryPublisher(app))
     queue = spec.queue(stage.name)
+    workers, beat = register_worker(settings, worker_name, hostname, stage_ref, queue, device, stage)
 
     @app.task(
         name=STAGE_TASK,
@@ -113,19 +114,36 @@ def run_worker(settings: Settings, stage_ref: str, device: str = "cpu", loglevel
         acks_late=True,
     )
     def run_stage(requests):
+        workers.batch_started(worker_name, len(requests))
         try:
-            runner.run_batch([(r.args[0], int(r.args[1])) for r in requests])
+            report = runner.run_batch([(r.args[0], int(r.args[1])) for r in requests])
+            workers.batch_done(worker_name, report.succeeded, report.failed)
         except EngineDead:
             log.exception("engine is dead; exiting so the supervisor restarts the worker")
             os._exit(75)
 
     log.info("worker %s: engine %s loaded on %s, consuming %s", worker_name, stage.engine, device, queue)
-    app.Worker(
-        hostname=f"{stage_ref}@{hostname}.{os.getpid()}",
-        queues=[queue],
-        pool="solo",
-        concurrency=1,
-        loglevel=loglevel,
-        without_gossip=True,
-        without_mingle=True,
-    ).start()
+    try:
+        app.Worker(
+            hostname=f"{stage_ref}@{hostname}.{os.getpid()}",
+            queues=[queue],
+            pool="solo",
+            concurrency=1,
+            loglevel=loglevel,
+            without_gossip=True,
+            without_mingle=True,
+        ).start()
+    finally:
+        beat.set()
+        workers.stopped(worker_name)
+
+
+def register_worker(settings: Settings, name: str, host: str, stage_ref: str, queue: str, device: str, stage):
+    """Enter the worker in the registry the admin API reads, and heartbeat it from a thread."""
+    from omnijobs.store.db import make_engine
+    from omnijobs.store.workers import WorkerInfo, WorkerRegistry
+
+    workers = WorkerRegistry(make_engine(settings.database_url, pool_size=1))
+    workers.register(WorkerInfo(name, host, os.getpid(), stage_ref, queue, device, str(stage.engine),
+                                str(stage.model) if stage.model else None))
+    return workers, workers.start_heartbeat(name, settings.worker_heartbeat_s)

@@ -10,17 +10,28 @@ from fastapi import APIRouter, Header, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from api.deps import BaseUrlDep, MediaDep, PublisherDep, RegistryDep, StoreDep
+from api.auth import owner_scope
+from api.deps import (
+    AdmissionDep,
+    BaseUrlDep,
+    MediaDep,
+    PrincipalDep,
+    PublisherDep,
+    RegistryDep,
+    StoreDep,
+)
 from api.schemas import ErrorResponse, JobCreate, JobList, JobPublic, job_public
 from omnijobs.submit import submit
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-ERRORS = {c: {"model": ErrorResponse} for c in (400, 404, 409, 413, 422)}
+ERRORS = {c: {"model": ErrorResponse} for c in (400, 401, 404, 409, 413, 422)}
+# 429 + Retry-After: the key is over its rate, or a first stage's queue is over its bound.
+SUBMIT_ERRORS = {**ERRORS, 429: {"model": ErrorResponse}}
 StatusFilter = Literal["queued", "running", "succeeded", "failed", "canceled"]
 
 
-@router.post("", status_code=202, response_model=JobPublic, responses=ERRORS)
+@router.post("", status_code=202, response_model=JobPublic, responses=SUBMIT_ERRORS)
 def create_job(
     body: JobCreate,
     response: Response,
@@ -29,11 +40,15 @@ def create_job(
     publisher: PublisherDep,
     base_url: BaseUrlDep,
     media: MediaDep,
+    principal: PrincipalDep,
+    admission: AdmissionDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JobPublic:
+    admission.check(principal.id, registry.get(body.pipeline))
     job, created = submit(
         store, registry, publisher, pipeline=body.pipeline, inputs=body.inputs, params=body.params,
         priority=body.priority, metadata=body.metadata, idempotency_key=idempotency_key, media=media,
+        owner=principal.id,
     )
     response.headers["Location"] = f"{base_url}/v1/jobs/{job.id}"
     if not created:
@@ -45,29 +60,32 @@ def create_job(
 def list_jobs(
     store: StoreDep,
     base_url: BaseUrlDep,
+    principal: PrincipalDep,
     status: StatusFilter | None = None,
     pipeline: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> JobList:
-    jobs, next_cursor = store.list_jobs(status=status, pipeline=pipeline, limit=limit, cursor=cursor)
+    jobs, next_cursor = store.list_jobs(owner=owner_scope(principal), status=status, pipeline=pipeline, limit=limit,
+                                        cursor=cursor)
     return JobList(data=[job_public(j, base_url) for j in jobs], next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=ERRORS)
-def get_job(job_id: str, store: StoreDep, base_url: BaseUrlDep) -> JobPublic:
-    return job_public(store.get_job(job_id), base_url)
+def get_job(job_id: str, store: StoreDep, base_url: BaseUrlDep, principal: PrincipalDep) -> JobPublic:
+    return job_public(store.get_job(job_id, owner=owner_scope(principal)), base_url)
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses=ERRORS)
-def cancel_job(job_id: str, store: StoreDep, base_url: BaseUrlDep) -> JobPublic:
-    return job_public(store.cancel(job_id), base_url)
+def cancel_job(job_id: str, store: StoreDep, base_url: BaseUrlDep, principal: PrincipalDep) -> JobPublic:
+    return job_public(store.cancel(job_id, owner=owner_scope(principal)), base_url)
 
 
 @router.get("/{job_id}/events", responses=ERRORS, response_class=StreamingResponse)
-async def job_events(job_id: str, store: StoreDep, base_url: BaseUrlDep) -> StreamingResponse:
+async def job_events(job_id: str, store: StoreDep, base_url: BaseUrlDep, principal: PrincipalDep
+                     ) -> StreamingResponse:
     """Server-Sent Events: `status` when the job changes state, `stage` when a stage does, then `end`."""
-    first = await run_in_threadpool(store.get_job, job_id)  # 404 before the stream starts
+    first = await run_in_threadpool(store.get_job, job_id, owner_scope(principal))  # 404 before the stream starts
 
     async def stream():
         job, seen_status, seen_stages = first, None, {}

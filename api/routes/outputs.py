@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import StoreDep, ValuesDep
+from api.auth import owner_scope
+from api.deps import PrincipalDep, StoreDep, ValuesDep
 from api.schemas import ErrorResponse
 from omnijobs.outputs import read_output
 
@@ -21,9 +22,10 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
                **{c: {"model": ErrorResponse} for c in (404, 410)}},
 )
 async def download_output(
-    job_id: str, name: Annotated[str, Path(max_length=64)], store: StoreDep, values: ValuesDep
+    job_id: str, name: Annotated[str, Path(max_length=64)], store: StoreDep, values: ValuesDep,
+    principal: PrincipalDep,
 ) -> Response:
-    out = await run_in_threadpool(read_output, store, values, job_id, name)
+    out = await run_in_threadpool(read_output, store, values, job_id, name, owner_scope(principal))
     return Response(
         out.data, media_type=out.content_type,
         headers={"Content-Disposition": f'attachment; filename="{out.filename}"', "Cache-Control": "private"},
