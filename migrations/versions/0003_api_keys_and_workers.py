@@ -62,9 +62,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint('name', name=op.f('pk_workers')),
     )
     op.create_index('ix_workers_last_heartbeat', 'workers', ['last_heartbeat'], unique=False)
+    op.create_index('ix_stage_runs_finished', 'stage_runs', ['finished_at'], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index('ix_stage_runs_finished', table_name='stage_runs')
     op.drop_index('ix_workers_last_heartbeat', table_name='workers')
     op.drop_table('workers')
     op.drop_index('ix_webhook_secrets_owner', table_name='webhook_secrets')

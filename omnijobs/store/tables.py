@@ -94,6 +94,8 @@ class StageRun(Base):
         Index("ix_stage_runs_job_stage", "job_id", "stage", unique=True),
         Index("ix_stage_runs_status_lease", "status", "lease_until"),
         Index("ix_stage_runs_queue_status", "queue", "status"),
+        # The admin stats read the runs that ended in a recent window.
+        Index("ix_stage_runs_finished", "finished_at"),
     )
 
 
