@@ -11,6 +11,7 @@ import socket
 import time
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.cluster import isolated_cluster, wait_job
 from tests.conftest import ARTIFACTS
@@ -136,6 +137,10 @@ def test_a_worker_drains_the_queue_and_reports_itself(admin_cluster, admin):
     assert (p["succeeded"], p["failed"], p["queued"], p["running"]) == (BOUND, 0, 0, 0)
 
     text = admin.get("/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}  # parses: the exposition is valid
+    assert {"omnijobs_queue_depth", "omnijobs_jobs", "omnijobs_stage_run_seconds", "omnijobs_stage_queue_wait_seconds",
+            "omnijobs_batch_size", "omnijobs_worker_up", "omnijobs_webhook_deliveries"} <= set(families)
+    assert families["omnijobs_stage_run_seconds"].type == "histogram"
     assert _metric(text, "omnijobs_stage_run_seconds_count", stage="monitor.work") == BOUND
     assert _metric(text, "omnijobs_batch_size_count", stage="monitor.work") == w["batches"]
     assert _metric(text, "omnijobs_batch_size_sum", stage="monitor.work") == BOUND
