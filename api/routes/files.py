@@ -8,7 +8,8 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
-from api.deps import MediaDep, SettingsDep
+from api.auth import owner_scope
+from api.deps import MediaDep, PrincipalDep, SettingsDep
 from api.schemas import ErrorResponse
 from api.uploads import FIELD, read_upload
 
@@ -31,12 +32,12 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
 
 
 @router.post("", status_code=201, response_model=FilePublic, responses=ERRORS, openapi_extra=UPLOAD_BODY)
-async def upload_file(request: Request, media: MediaDep, settings: SettingsDep) -> FilePublic:
+async def upload_file(request: Request, media: MediaDep, settings: SettingsDep, principal: PrincipalDep) -> FilePublic:
     """An image, audio clip or video for later jobs: a job input then says "file:<id>"."""
     data, filename = await read_upload(request, settings.upload_max_bytes)
-    return FilePublic(**(await run_in_threadpool(media.upload, data, filename=filename, owner=None)).public())
+    return FilePublic(**(await run_in_threadpool(media.upload, data, filename=filename, owner=principal.id)).public())
 
 
 @router.get("/{file_id}", response_model=FilePublic, responses=ERRORS)
-def get_file(file_id: str, media: MediaDep) -> FilePublic:
-    return FilePublic(**media.files.get(file_id).public())
+def get_file(file_id: str, media: MediaDep, principal: PrincipalDep) -> FilePublic:
+    return FilePublic(**media.files.get(file_id, owner=owner_scope(principal)).public())
