@@ -87,9 +87,9 @@ def _stage_stats(rows: list, window_s: float, since: datetime, bucket_s: float) 
     batches = {r.batch_id: r.batch_size for r in rows if r.batch_id and r.batch_size}
     waits = [w for r in rows if (w := _seconds(r.enqueued_at or r.created_at, r.started_at)) is not None]
     run_times = [t for r in rows if (t := _seconds(r.started_at, r.finished_at)) is not None]
-    series = Counter(int((r.finished_at - since).total_seconds() // bucket_s) for r in rows
-                     if r.status == RunStatus.SUCCEEDED)
     n_buckets = max(1, math.ceil(window_s / bucket_s))
+    series = Counter(min(n_buckets - 1, int((r.finished_at - since).total_seconds() // bucket_s)) for r in rows
+                     if r.status == RunStatus.SUCCEEDED)
     return {
         "runs": len(rows),
         "succeeded": succeeded,

@@ -11,12 +11,14 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Engine, delete, or_, select, update
 
 from omnijobs.store.db import make_sessions
 from omnijobs.store.tables import Worker
 
 log = logging.getLogger(__name__)
+
+FORGET_AFTER_S = 7 * 86400
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,9 @@ class WorkerRegistry:
     def register(self, info: WorkerInfo) -> None:
         now = _now()
         with self._sessions.begin() as s:
-            s.execute(delete(Worker).where(Worker.name == info.name))
+            # A name is reused only by the same host and pid; long-gone workers are forgotten here.
+            s.execute(delete(Worker).where(or_(Worker.name == info.name,
+                                                Worker.last_heartbeat < now - timedelta(seconds=FORGET_AFTER_S))))
             s.add(Worker(name=info.name, host=info.host, pid=info.pid, stage=info.stage, queue=info.queue,
                          device=info.device, engine=info.engine, model=info.model, started_at=now,
                          last_heartbeat=now, stopped_at=None, batch_size=0, batches=0, jobs_done=0, failures=0))
