@@ -230,9 +230,11 @@ def prepare(settings: Settings, options: DevOptions, echo: Callable[[str], None]
         "artifacts": "file",
         "artifacts_dir": options.folder.resolve() / "artifacts",
     })
-    upgrade(dev_settings.database_url)
     specs = choose_pipelines(load_registry(dev_settings.pipelines_path), options.pipelines,
                              dev_settings.models_dir, echo)
+    upgrade(dev_settings.database_url)
+    for consumed in (dev_settings.broker_dir / "processed").glob("*.msg"):  # kept only while a run lasts
+        consumed.unlink(missing_ok=True)
     needed = sorted({tiny_builder(s.model, BUILDERS) for spec in specs for s in spec.stages.values()} - {None})
     started = time.monotonic()
     built = build_tiny(dev_settings.models_dir, only=needed)
@@ -251,7 +253,6 @@ def run_dev(settings: Settings, options: DevOptions, echo: Callable[[str], None]
     log_dir = folder / "logs"
     log_dir.mkdir(exist_ok=True)
     env = {**os.environ, **dev_environment(folder), "OMNIJOBS_MODELS_DIR": str(dev_settings.models_dir)}
-    api_key = ensure_api_key(env, folder)
     port = options.port or _free_port(options.host)
     url = f"http://{options.host}:{port}"
 
@@ -263,6 +264,7 @@ def run_dev(settings: Settings, options: DevOptions, echo: Callable[[str], None]
         procs.spawn("reconciler", ["reconciler"])
         if importlib.util.find_spec("workers.webhook_worker") is not None:
             procs.spawn("webhooks", ["webhooks"])
+        api_key = ensure_api_key(env, folder)  # while the workers load their models
         procs.spawn("api", ["api", "--host", options.host, "--port", str(port)])
         echo(f"starting the API and {len(workers)} stage worker(s) (logs in {log_dir})...")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}

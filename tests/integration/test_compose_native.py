@@ -17,6 +17,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -34,11 +35,11 @@ from tests.integration.test_compose_file import (
     _command,
     _compose,
 )
+from tests.integration.test_netns_worker import stop_all
 from tests.s3server import run_s3_server
 from tests.services import REDIS_URL, require_postgres
 
 PIPELINES = ("chat", "draft_rewrite")
-ONE_SHOTS = ("migrate", "models")
 
 
 def _env_file(path: Path, overrides: dict[str, str]) -> Path:
@@ -126,7 +127,8 @@ def stack(tmp_path_factory, pg_role, redis_url, models_dir):
         try:
             yield _start(cluster, services, hosts, tmp), services, s3, bucket
         finally:
-            cluster.stop()
+            stop_all(list(cluster.procs.values()))
+            cluster.procs.clear()
 
 
 def _native_env(service: dict, hosts: HostMap) -> dict[str, str]:
@@ -138,34 +140,50 @@ def _native_env(service: dict, hosts: HostMap) -> dict[str, str]:
 
 def _start(cluster: Cluster, services: dict, hosts: HostMap, tmp: Path) -> Cluster:
     omnijobs = {name: s for name, s in services.items() if _command(s)[:1] == ["omnijobs"]}
+    one_shots = {name for name, s in omnijobs.items() if s.get("restart") == "no"}
+    assert {"migrate", "models"} <= one_shots, one_shots
     wanted_stages = {f"stage-{p}-{st}" for p in PIPELINES for st in _stages(p)}
     assert wanted_stages <= set(omnijobs), sorted(wanted_stages - set(omnijobs))
+    pending = {n: s for n, s in omnijobs.items()
+               if n not in one_shots and (not n.startswith("stage-") or n in wanted_stages)}
     ports = {"8000": str(free_port())}
 
-    def run(name: str, service: dict) -> tuple[list[str], dict[str, str]]:
-        args = hosts.command(_command(service), ports)
-        return [sys.executable, "-m", "omnijobs", *args[1:]], _native_env(service, hosts)
+    def args_env(service: dict) -> tuple[list[str], dict[str, str]]:
+        return hosts.command(_command(service), ports)[1:], _native_env(service, hosts)
 
-    # The one-shots first, as depends_on: service_completed_successfully orders them.
-    for name in ONE_SHOTS:
-        cmd, env = run(name, omnijobs[name])
-        done = subprocess.run(cmd, check=False, env=env, cwd=tmp, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, f"{name}: {cmd}\n{done.stdout}\n{done.stderr}"
-
-    cluster.env = _native_env(omnijobs["api"], hosts)
-    key = cluster.create_key("compose-admin", admin=True)
-    cluster.auth_headers = {"Authorization": f"Bearer {key['key']}"}
+    # Started in the order depends_on gives: the one-shots at once, then each long-running service as
+    # soon as the one-shots it waits for (service_completed_successfully) have exited with 0.
+    running_one_shots = {}
+    for name in one_shots:
+        args, env = args_env(omnijobs[name])
+        with open(cluster.log_dir / f"{name}.log", "wb") as out:
+            running_one_shots[name] = subprocess.Popen([sys.executable, "-m", "omnijobs", *args], env=env, cwd=tmp,
+                                                       stdout=out, stderr=subprocess.STDOUT)
+    completed: set[str] = set()
     started = []
-    for name, service in omnijobs.items():
-        if name in ONE_SHOTS or (name.startswith("stage-") and name not in wanted_stages):
-            continue
-        cmd, env = run(name, service)
-        cluster.env = env
-        log = cluster.log_dir / f"{name}.log"
-        offset = log.stat().st_size if log.exists() else 0
-        proc = cluster._spawn(name, cmd[3:])
-        if name.startswith("stage-"):
-            started.append((proc, log, offset))
+    deadline = time.monotonic() + 300
+    while pending:
+        assert time.monotonic() < deadline, f"still waiting to start {sorted(pending)}"
+        for name, proc in running_one_shots.items():
+            if name not in completed and proc.poll() is not None:
+                assert proc.returncode == 0, f"{name} exited {proc.returncode}:\n{cluster.tail(cluster.log_dir / f'{name}.log')}"
+                completed.add(name)
+                if name == "migrate":  # the operator's first step once the schema exists
+                    cluster.env = _native_env(omnijobs["api"], hosts)
+                    key = cluster.create_key("compose-admin", admin=True)
+                    cluster.auth_headers = {"Authorization": f"Bearer {key['key']}"}
+        for name in list(pending):
+            deps = {d for d, c in (pending[name].get("depends_on") or {}).items()
+                    if d in one_shots and c["condition"] == "service_completed_successfully"}
+            if not deps <= completed:
+                continue
+            args, cluster.env = args_env(pending.pop(name))
+            log = cluster.log_dir / f"{name}.log"
+            offset = log.stat().st_size if log.exists() else 0
+            proc = cluster._spawn(name, args)
+            if name.startswith("stage-"):
+                started.append((proc, log, offset))
+        time.sleep(0.1)
     cluster.api_url = f"http://127.0.0.1:{ports['8000']}"
 
     # The api service's own healthcheck command, pointed at the mapped port.
