@@ -117,12 +117,31 @@ def webhooks(loglevel: str = "INFO") -> None:
 
 
 @app.command()
-def demo(logs: Path = Path("demo-logs")) -> None:
-    """Run the API and a worker per stage here, submit a demo job of each pipeline, print the outputs."""
-    from omnijobs.demo import run_demo
+def demo(
+    folder: Annotated[Path, typer.Option("--dir", help="dev folder: job store, queues, artifacts, logs")] = Path(
+        ".omnijobs-dev"),
+    pipeline: Annotated[Optional[list[str]], typer.Option("--pipeline", "-p", help="only these pipelines")] = None,
+) -> None:
+    """`omnijobs dev --demo`: run everything here, submit a demo job of each pipeline, print the outputs, stop."""
+    dev(folder=folder, host="127.0.0.1", port=0, pipeline=pipeline, demo=True)
+
+
+@app.command()
+def dev(
+    folder: Annotated[Path, typer.Option("--dir", help="dev folder: job store, queues, artifacts, logs")] = Path(
+        ".omnijobs-dev"),
+    host: str = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="API port (0: any free port)")] = 8000,
+    pipeline: Annotated[Optional[list[str]], typer.Option(
+        "--pipeline", "-p", help="serve only these pipelines (default: every one whose models can be built here)")] = None,
+    demo: Annotated[bool, typer.Option(help="submit a demo job of each pipeline, print the outputs, then stop")] = False,
+) -> None:
+    """Everything on one machine: SQLite job store, file-system broker, file artifacts, API, reconciler, workers."""
+    from omnijobs.dev import DevOptions, run_dev
 
     _logging("WARNING")
-    raise typer.Exit(run_demo(get_settings(), logs, echo=typer.echo))
+    options = DevOptions(folder=folder, host=host, port=port, pipelines=list(pipeline or []), demo=demo)
+    raise typer.Exit(run_dev(get_settings(), options, echo=typer.echo))
 
 
 @models_app.command("build-tiny")
