@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 # Uploads live under their own folder, apart from any job: several jobs may name one upload.
 UPLOADS = "files"
+# Set in the reference of an input that names an upload (its file id).
+UPLOAD_REF_KEY = "file"
 # A job's fetched and inline inputs live under the job's own prefix, so they go when its artifacts
 # go; a stage name cannot start with "_", so this never meets a stage's outputs.
 JOB_INPUTS = "_inputs"
@@ -128,7 +130,8 @@ class MediaInputs:
         if f.kind != kind:
             raise InvalidInput(f"file '{file_id}' is {f.kind} ({f.content_type}); this input takes {kind}",
                                field=field)
-        return make_ref(f.artifact, f.kind, f.content_type, f.bytes)
+        # NOTE: "file" marks a shared upload: cleanup of one job must not delete what other jobs may name.
+        return {**make_ref(f.artifact, f.kind, f.content_type, f.bytes), UPLOAD_REF_KEY: str(f.id)}
 
     def _data_uri(self, value: str, field: str) -> bytes:
         header, sep, payload = value.partition(",")

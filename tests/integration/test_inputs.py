@@ -121,7 +121,7 @@ def test_upload_then_file_reference(media, store):
     assert media.connector.get(up.artifact) == PNG
     resolved = media.resolve(_spec(store), {"prompt": "hi", "image": f"file:{up.id}"}, owner="key-a")
     assert resolved.inputs["image"] == {"artifact": up.artifact, "type": "image", "content_type": "image/png",
-                                        "bytes": len(PNG)}
+                                        "bytes": len(PNG), "file": str(up.id)}
     assert resolved.stored == []  # the upload is referenced, not copied
     with pytest.raises(NotFound):  # another owner's file looks exactly like a missing one
         media.resolve(_spec(store), {"prompt": "hi", "image": f"file:{up.id}"}, owner="key-b")
