@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy import Engine, select
 
 from omnijobs.artifacts.refs import is_ref, refs_in
+from omnijobs.inputs import UPLOAD_REF_KEY
 from omnijobs.store.db import make_sessions
 from omnijobs.store.states import FINAL_JOB
 from omnijobs.store.tables import Job, StageRun
@@ -35,7 +36,8 @@ class RetentionStore:
         refs = {r["artifact"]: r for r in refs_in(outputs)}
         for run in runs:
             refs |= {r["artifact"]: r for r in [*refs_in(run.inputs), *refs_in(run.outputs)]}
-        return list(refs.values())
+        # An upload ("file": <id>) may be named by other jobs too: it has its own lifetime.
+        return [r for r in refs.values() if UPLOAD_REF_KEY not in r]
 
     def mark_expired(self, job_id: uuid.UUID, now: datetime) -> None:
         """Note the deletion on the job and on each reference, so readers answer 410, not 500."""
@@ -57,4 +59,5 @@ class RetentionStore:
 def _expire(values: dict | None, now: datetime) -> dict | None:
     if values is None:
         return None
-    return {k: {**v, "expired": True, "expired_at": now.isoformat()} if is_ref(v) else v for k, v in values.items()}
+    return {k: {**v, "expired": True, "expired_at": now.isoformat()} if is_ref(v) and UPLOAD_REF_KEY not in v else v
+            for k, v in values.items()}

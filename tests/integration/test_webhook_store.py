@@ -175,7 +175,11 @@ def test_retention_deletes_artifacts_and_keeps_the_row(store, settings, tmp_path
     job, (task,), _ = store.create_job(store.pipelines.get("echo"), {"prompt": "keep"}, {})
     out_uri = files.put(f"{job.id}/say/text-1.txt", b"hello")
     stray_uri = files.put(f"{job.id}/say/text-2.txt", b"from an attempt that died")
+    upload_uri = files.put("uploads/shared.png", b"named by other jobs too")
     (run,) = store.claim([(task.run_id, task.attempt)], "w", "b", 30)
+    with store._sessions.begin() as s:  # as if the stage had read an upload
+        s.execute(update(StageRun).where(StageRun.id == run.id).values(
+            inputs={"image": {**make_ref(upload_uri, "image", "image/png", 23), "file": "f1"}}))
     store.complete(run, {"text": make_ref(out_uri, "text", "text/plain", 5)})
     retention = RetentionStore(store.engine)
     assert sweep_retention(retention, cfg).jobs == 0  # not old enough yet
@@ -187,11 +191,15 @@ def test_retention_deletes_artifacts_and_keeps_the_row(store, settings, tmp_path
         files.get(out_uri)
     with pytest.raises(FileNotFoundError):
         files.get(stray_uri)
+    assert files.get(upload_uri) == b"named by other jobs too"
     view = store.get_job(job.id)
     assert view.status == "succeeded" and view.outputs["text"]["expired"] is True
     assert retention.expired_at(job.id) is not None
     with store._sessions() as s:
         outputs = s.scalar(select(StageRun.outputs).where(StageRun.job_id == job.id))
     assert outputs["text"]["expired"] is True
+    with store._sessions() as s:
+        inputs = s.scalar(select(StageRun.inputs).where(StageRun.job_id == job.id))
+    assert "expired" not in inputs["image"]  # the upload was kept, so its reference is not marked
     assert sweep_retention(retention, cfg).jobs == 0  # done once
     json.dumps(view.outputs)
