@@ -20,10 +20,14 @@ from typing import Any
 
 FINAL = ("succeeded", "failed", "canceled")
 JOB_TIMEOUT_S = 600.0
-DEMO_PROMPT = "Write one sentence about the sea."
+DEMO_PROMPT = "A lighthouse by the sea at dusk."
 
 # Smaller than the defaults so a demo on CPU takes seconds; only params a stage declares are sent.
 QUICK_PARAMS: dict[str, Any] = {"max_tokens": 12, "seed": 1, "steps": 2, "num_inference_steps": 2}
+
+
+# Not every system's mimetypes table knows these (audio/wav especially).
+_EXTENSIONS = {"image/png": ".png", "audio/wav": ".wav", "audio/x-wav": ".wav", "video/mp4": ".mp4"}
 
 
 def tiny_png(size: int = 32) -> bytes:
@@ -74,6 +78,11 @@ def example_request(spec) -> dict | None:
         if make is None:
             return None
         inputs[name] = make()
+    # One optional image too, if the pipeline takes one and needs none: a vision model then sees a picture.
+    if not any(spec.inputs[n].type == "image" for n in inputs):
+        optional = [n for n, p in spec.inputs.items() if not p.required and p.type == "image"]
+        if optional:
+            inputs[optional[0]] = _EXAMPLES["image"]()
     params = {
         stage_name: {k: v for k, v in QUICK_PARAMS.items() if k in stage.params}
         for stage_name, stage in spec.stages.items()
@@ -137,7 +146,8 @@ def _download(client, job_id: str, name: str, ref: dict, out_dir: Path) -> str:
     if resp.status_code != 200:
         return f"(download failed: {resp.status_code} {resp.text[:200]})"
     content_type = ref.get("content_type") or resp.headers.get("content-type", "")
-    ext = mimetypes.guess_extension(content_type.split(";")[0].strip()) or ".bin"
+    kind = content_type.split(";")[0].strip()
+    ext = _EXTENSIONS.get(kind) or mimetypes.guess_extension(kind) or ".bin"
     path = out_dir / job_id / f"{name}{ext}"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(resp.content)

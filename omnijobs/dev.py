@@ -348,4 +348,6 @@ def _banner(echo, url: str, api_key: str | None, specs: list, folder: Path) -> N
         echo(f"  curl -s -XPOST {url}/v1/jobs -H 'content-type: application/json'{auth} \\")
         echo(f"    -d '{json.dumps(body)}'")
         echo(f"  curl -s {url}/v1/jobs/<id>{auth}")
+        key_env = f"OMNIJOBS_API_KEY={api_key} " if api_key else ""
+        echo(f"or: {key_env}OMNIJOBS_URL={url} omnijobs submit {body['pipeline']} prompt=Hello --wait")
     echo("Ctrl-C stops everything.")
