@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-
 from omnijobs.dispatch import Publisher, dispatch
 from omnijobs.store.jobs import JobStore
 
@@ -57,4 +56,3 @@ def run_forever(store: JobStore, publisher: Publisher, interval_s: float, requeu
             except Exception:
                 log.exception("reconciler chore %s failed; trying again", getattr(chore, "__name__", chore))
         time.sleep(interval_s)
-
