@@ -18,6 +18,7 @@ from tests.conftest import ARTIFACTS
 
 BOUND = 8
 DEAD_AFTER_S = 3.0
+RATE, BURST = 10, 30
 MONITOR = """\
 name: monitor
 description: One echo stage watched by the admin tests.
@@ -37,10 +38,13 @@ stages:
 
 @pytest.fixture(scope="module")
 def admin_cluster(settings_env, tmp_path_factory):
-    with isolated_cluster(settings_env, ARTIFACTS / "e2e-admin-logs", {"monitor": MONITOR},
+    # "unserved" has no worker and no bound: what is refused there is refused by the rate limit alone.
+    unserved = MONITOR.replace("name: monitor", "name: unserved")
+    with isolated_cluster(settings_env, ARTIFACTS / "e2e-admin-logs", {"monitor": MONITOR, "unserved": unserved},
                           tmp_path_factory.mktemp("admin-pipelines"),
                           OMNIJOBS_QUEUE_BOUNDS=f'{{"monitor.work": {BOUND}}}', OMNIJOBS_WORKER_HEARTBEAT_S="0.5",
-                          OMNIJOBS_WORKER_DEAD_AFTER_S=str(DEAD_AFTER_S)) as cluster:
+                          OMNIJOBS_WORKER_DEAD_AFTER_S=str(DEAD_AFTER_S),
+                          OMNIJOBS_RATE_LIMIT_PER_S=str(RATE), OMNIJOBS_RATE_LIMIT_BURST=str(BURST)) as cluster:
         yield cluster
 
 
@@ -173,7 +177,7 @@ def test_failed_jobs_show_every_attempt_and_can_be_retried_or_canceled(admin_clu
     assert admin.post("/admin/api/jobs/not-an-id/retry").status_code == 404
 
     # An admin cancels another key's running job.
-    user = admin_cluster.create_key("admin-test-user")
+    user = admin.post("/admin/api/keys", json={"name": "admin-test-user"}).json()
     with admin_cluster.client(headers={"Authorization": f"Bearer {user['key']}"}) as client:
         slow = client.post("/v1/jobs", json={"pipeline": "monitor", "inputs": {"prompt": "sleep:5"}}).json()
     canceled = admin.post(f"/admin/api/jobs/{slow['id']}/cancel")
@@ -188,3 +192,20 @@ def test_a_killed_worker_shows_as_dead(admin_cluster, admin):
     assert w["state"] == "dead" and w["alive"] is False and w["heartbeat_age_s"] > DEAD_AFTER_S
     assert _queue(admin, "monitor.work")["workers"] == 0
     assert _metric(admin.get("/metrics").text, "omnijobs_worker_up", worker=w["name"]) == 0
+
+
+def test_a_key_over_its_rate_gets_429_and_others_do_not(admin_cluster, admin):
+    fast = admin.post("/admin/api/keys", json={"name": "fast-submitter"}).json()
+    body = {"pipeline": "unserved", "inputs": {"prompt": "x"}}
+    with admin_cluster.client(headers={"Authorization": f"Bearer {fast['key']}"}) as client:
+        started = time.monotonic()
+        answers = [client.post("/v1/jobs", json=body) for _ in range(BURST + 15)]
+        elapsed = time.monotonic() - started
+    accepted = sum(r.status_code == 202 for r in answers)
+    refused = [r for r in answers if r.status_code != 202]
+    # The burst, plus what the bucket refilled while the requests were made.
+    assert BURST <= accepted <= BURST + RATE * elapsed + 1, (accepted, elapsed)
+    assert refused and all(r.status_code == 429 for r in refused)
+    assert all(r.json()["error"]["code"] == "rate_limited" and int(r.headers["retry-after"]) >= 1 for r in refused)
+    assert _queue(admin, "unserved.work")["queued"] == accepted  # nothing written for a refused request
+    assert admin.post("/v1/jobs", json=body).status_code == 202  # another key has its own bucket
