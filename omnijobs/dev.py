@@ -43,16 +43,22 @@ class DevOptions:
     demo: bool = False
 
 
-def dev_environment(folder: Path) -> dict[str, str]:
+def dev_overrides(folder: Path) -> dict[str, object]:
     """The settings that make the production processes run on one machine, under `folder`."""
     folder = folder.resolve()
     return {
-        "OMNIJOBS_DATABASE_URL": f"sqlite:///{folder / 'omnijobs.db'}",
-        "OMNIJOBS_BROKER_URL": "filesystem://",
-        "OMNIJOBS_BROKER_DIR": str(folder / "broker"),
-        "OMNIJOBS_ARTIFACTS": "file",
-        "OMNIJOBS_ARTIFACTS_DIR": str(folder / "artifacts"),
+        "database_url": f"sqlite:///{folder / 'omnijobs.db'}",
+        "broker_url": "filesystem://",
+        "broker_dir": folder / "broker",
+        "artifacts": "file",
+        "artifacts_dir": folder / "artifacts",
     }
+
+
+def dev_environment(settings: Settings) -> dict[str, str]:
+    """What the child processes read: the dev settings as OMNIJOBS_ variables."""
+    keys = ("database_url", "broker_url", "broker_dir", "artifacts", "artifacts_dir", "models_dir")
+    return {f"OMNIJOBS_{k.upper()}": str(getattr(settings, k)) for k in keys}
 
 
 # ---------------------------------------------------------------- which pipelines can run here
@@ -223,13 +229,7 @@ def prepare(settings: Settings, options: DevOptions, echo: Callable[[str], None]
     options.folder.mkdir(parents=True, exist_ok=True)
     if not (options.folder / "omnijobs.db").exists():
         (options.folder / KEY_FILE).unlink(missing_ok=True)  # a key of a job store that is gone
-    dev_settings = settings.model_copy(update={
-        "database_url": f"sqlite:///{options.folder.resolve() / 'omnijobs.db'}",
-        "broker_url": "filesystem://",
-        "broker_dir": options.folder.resolve() / "broker",
-        "artifacts": "file",
-        "artifacts_dir": options.folder.resolve() / "artifacts",
-    })
+    dev_settings = settings.model_copy(update=dev_overrides(options.folder))
     specs = choose_pipelines(load_registry(dev_settings.pipelines_path), options.pipelines,
                              dev_settings.models_dir, echo)
     upgrade(dev_settings.database_url)
@@ -252,7 +252,7 @@ def run_dev(settings: Settings, options: DevOptions, echo: Callable[[str], None]
     folder = options.folder.resolve()
     log_dir = folder / "logs"
     log_dir.mkdir(exist_ok=True)
-    env = {**os.environ, **dev_environment(folder), "OMNIJOBS_MODELS_DIR": str(dev_settings.models_dir)}
+    env = {**os.environ, **dev_environment(dev_settings)}
     port = options.port or _free_port(options.host)
     url = f"http://{options.host}:{port}"
 
