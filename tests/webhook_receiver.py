@@ -20,7 +20,7 @@ class Received:
 class Receiver:
     """Answers each POST with the next scripted status (then `default`); keeps every request."""
 
-    def __init__(self, default: int = 200):
+    def __init__(self, default: int = 200, port: int = 0):
         self.default = default
         self.scripts: dict[str, list[int | tuple[int, dict]]] = {}
         self.received: list[Received] = []
@@ -46,7 +46,7 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 

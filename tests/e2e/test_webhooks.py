@@ -11,7 +11,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from omnijobs.webhooks.signing import new_secret
-from tests.cluster import Cluster, wait_job
+from tests.cluster import Cluster, free_port, wait_job
 from tests.conftest import ARTIFACTS
 from tests.webhook_receiver import Receiver
 
@@ -28,7 +28,7 @@ def receiver():
 def hooks(cluster, settings_env):
     """An API that accepts 127.0.0.1 webhooks, and the webhook process; stage workers come from `cluster`."""
     env = {**settings_env, "OMNIJOBS_WEBHOOK_SECRET": DEPLOYMENT_SECRET,
-           "OMNIJOBS_ALLOWED_PRIVATE_HOSTS": "127.0.0.1", "OMNIJOBS_WEBHOOK_RETRY_SCHEDULE_S": "[0.5, 0.5, 0.5]",
+           "OMNIJOBS_ALLOWED_PRIVATE_HOSTS": "127.0.0.1", "OMNIJOBS_WEBHOOK_RETRY_SCHEDULE_S": "[0.5, 0.5, 2, 2]",
            "OMNIJOBS_WEBHOOK_JITTER": "0", "OMNIJOBS_WEBHOOK_RELAY_INTERVAL_S": "0.2"}
     c = Cluster(env, ARTIFACTS / "e2e-webhooks-logs")
     try:
@@ -72,6 +72,22 @@ def test_receiver_failing_first_gets_the_event_verified(hooks, receiver):
         assert delivery["webhook_id"] == got[0].headers["webhook-id"] and delivery["attempts"] == 3
         assert [a["status_code"] for a in delivery["log"]] == [500, 503, 200]
         assert all(a["latency_ms"] is not None for a in delivery["log"])
+
+
+def test_receiver_down_then_up_gets_the_event(hooks):
+    port = free_port()
+    with hooks.client() as http:
+        job_id = submit(http, f"http://127.0.0.1:{port}/late")  # nothing listens there yet
+        deadline = time.monotonic() + 60
+        while len(log := http.get(f"/v1/jobs/{job_id}/deliveries").json()["data"][:1]) < 1 or log[0]["attempts"] < 2:
+            assert time.monotonic() < deadline, log
+            time.sleep(0.1)
+        assert log[0]["log"][0]["status_code"] is None and "Connect" in log[0]["log"][0]["error"]
+        with Receiver(port=port) as late:
+            (got,) = late.wait_for("/late", 1, timeout=30)
+            event = Webhook(secret_of(hooks)).verify(got.body, got.headers)
+            assert event["type"] == "job.succeeded" and event["data"]["id"] == job_id
+            assert got.headers["webhook-id"] == log[0]["webhook_id"]
 
 
 def test_410_stops_retries(hooks, receiver):
