@@ -18,7 +18,7 @@ from tests.conftest import ARTIFACTS
 
 BOUND = 8
 DEAD_AFTER_S = 3.0
-RATE, BURST = 10, 30
+RATE, BURST = 2, 30
 MONITOR = """\
 name: monitor
 description: One echo stage watched by the admin tests.
@@ -199,13 +199,15 @@ def test_a_key_over_its_rate_gets_429_and_others_do_not(admin_cluster, admin):
     body = {"pipeline": "unserved", "inputs": {"prompt": "x"}}
     with admin_cluster.client(headers={"Authorization": f"Bearer {fast['key']}"}) as client:
         started = time.monotonic()
-        answers = [client.post("/v1/jobs", json=body) for _ in range(BURST + 15)]
+        answers = []
+        while len(answers) < 5 * BURST and (not answers or answers[-1].status_code == 202):
+            answers.append(client.post("/v1/jobs", json=body))
         elapsed = time.monotonic() - started
-    accepted = sum(r.status_code == 202 for r in answers)
-    refused = [r for r in answers if r.status_code != 202]
+        refused = answers[-1]
+    accepted = len(answers) - 1
     # The burst, plus what the bucket refilled while the requests were made.
     assert BURST <= accepted <= BURST + RATE * elapsed + 1, (accepted, elapsed)
-    assert refused and all(r.status_code == 429 for r in refused)
-    assert all(r.json()["error"]["code"] == "rate_limited" and int(r.headers["retry-after"]) >= 1 for r in refused)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
+    assert int(refused.headers["retry-after"]) >= 1
     assert _queue(admin, "unserved.work")["queued"] == accepted  # nothing written for a refused request
     assert admin.post("/v1/jobs", json=body).status_code == 202  # another key has its own bucket
