@@ -8,7 +8,12 @@ latents go through S3.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
+import os
+import re
+import signal
+import subprocess
 import time
 import uuid
 import wave
@@ -22,13 +27,15 @@ from PIL import Image
 from tests.cluster import Cluster, wait_job
 from tests.conftest import ARTIFACTS
 from tests.s3server import run_s3_server
+from workers.celery_app import make_celery
 
+DENOISE_QUEUE = "omni.qwen_image.denoise"
 STAGES = ["qwen_image.encode", "qwen_image.denoise", "qwen_image.decode", "qwen_image_edit.edit",
           "z_image_turbo.generate", "longcat_image.generate", "wan2_2_t2v.generate", "stable_audio.generate"]
 
 
 @pytest.fixture(scope="module")
-def diffusion(settings_env, tmp_path_factory):
+def diffusion(settings_env, settings, tmp_path_factory):
     with run_s3_server(tmp_path_factory.mktemp("s3")) as s3:
         # Every process can read s3:// references; only the workers told so write there.
         env = {**settings_env, "OMNIJOBS_ARTIFACTS": "shm", "OMNIJOBS_S3_ENDPOINT_URL": s3.endpoint,
@@ -38,13 +45,44 @@ def diffusion(settings_env, tmp_path_factory):
         s3_workers = Cluster({**env, "OMNIJOBS_ARTIFACTS": "s3"}, ARTIFACTS / "e2e-logs-diffusion-s3")
         try:
             started = [c.start_worker(stage) for stage in STAGES]
+            # A second denoise worker that writes to S3, started now (starting costs a torch import)
+            # and kept off the queue until the S3 test swaps it in.
+            spare = s3_workers.start_worker("qwen_image.denoise")
             c.start_api()
             c.start_reconciler()
-            c.wait_workers_ready(started, timeout=240)
-            yield c, s3_workers
+            c.wait_workers_ready([*started, spare], timeout=240)
+            control = make_celery(settings).control
+            spare_name = celery_name(*spare[1:])
+            replies = control.cancel_consumer(DENOISE_QUEUE, destination=[spare_name], reply=True, timeout=10)
+            assert replies and spare_name in replies[0], replies
+            yield c, control, spare_name
         finally:
-            s3_workers.stop()
-            c.stop()
+            stop_together(s3_workers, c)
+
+
+def celery_name(log_path, offset: int) -> str:
+    """The worker's Celery node name, as this run of it announced in its log."""
+    with open(log_path, "rb") as f:
+        f.seek(offset)
+        return re.search(r"(\S+@\S+) ready\.", f.read().decode(errors="replace")).group(1)
+
+
+def stop_together(*clusters: Cluster, grace_s: float = 5.0) -> None:
+    """Signal every process at once so their shutdowns overlap; kill what is still up after grace_s."""
+    procs = [p for c in clusters for p in c.procs.values() if p.poll() is None]
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=max(deadline - time.monotonic(), 0.01))
+        if proc.poll() is None:
+            print(f"pid {proc.pid} ({' '.join(proc.args[-2:])}) still up {grace_s}s after SIGTERM: killed")
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    for cluster in clusters:
+        cluster.stop()
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +129,13 @@ def when(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
 
+def wait_for(predicate, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
 def png_uri(size=(64, 32)) -> str:
     buf = io.BytesIO()
     Image.new("RGB", size, (30, 120, 200)).save(buf, "PNG")
@@ -98,7 +143,7 @@ def png_uri(size=(64, 32)) -> str:
 
 
 def test_every_pipeline_end_to_end(diffusion, db):
-    cluster, _ = diffusion
+    cluster = diffusion[0]
     with cluster.client() as http:
         ids = {
             "qwen_image": submit(http, "qwen_image", {"prompt": "a lighthouse"},
@@ -135,7 +180,7 @@ def test_every_pipeline_end_to_end(diffusion, db):
 
 
 def test_same_seed_same_png_and_params_checked(diffusion):
-    cluster, _ = diffusion
+    cluster = diffusion[0]
     with cluster.client() as http:
         ids = [submit(http, "qwen_image", {"prompt": "a red kite"}, {"seed": s}) for s in (5, 5, 6)]
         images = [download(http, wait_job(http, i, timeout=60), "image", "image/png") for i in ids]
@@ -150,28 +195,34 @@ def test_same_seed_same_png_and_params_checked(diffusion):
 
 
 def test_compatible_jobs_batch_and_another_size_is_not_blocked(diffusion):
-    cluster, _ = diffusion
-    # Each denoise call takes a while, so the jobs queued behind the first call pile up and are
-    # pulled together.
-    slow = {"height": 256, "width": 256, "num_inference_steps": 12}
+    cluster = diffusion[0]
     with cluster.client() as http:
-        same = [submit(http, "qwen_image", {"prompt": f"boat {i}"}, {**slow, "seed": i}) for i in range(6)]
-        other = submit(http, "qwen_image", {"prompt": "boat"}, {**slow, "height": 128, "seed": 9})
-        jobs = [wait_job(http, i, timeout=120) for i in same]
-        odd = wait_job(http, other, timeout=120)
-    assert all(j["status"] == "succeeded" for j in jobs + [odd])
-    assert max(stage(j, "denoise")["batch_size"] for j in jobs) > 1
-    # The other size ran as its own group without waiting for all six to finish.
-    last_done = max(when(stage(j, "denoise")["finished_at"]) for j in jobs)
-    assert when(stage(odd, "denoise")["started_at"]) < last_done
+        # A long denoise holds the worker while the next jobs queue up behind it; canceling it
+        # then lets the worker pull them together.
+        blocker = submit(http, "qwen_image", {"prompt": "wait"},
+                         {"height": 1024, "width": 1024, "num_inference_steps": 100, "seed": 1})
+        wait_for(lambda: stage(http.get(f"/v1/jobs/{blocker}").json(), "denoise")["progress"])
+        same = [submit(http, "qwen_image", {"prompt": f"boat {i}"}, {"seed": i}) for i in range(6)]
+        other = submit(http, "qwen_image", {"prompt": "boat"}, {"height": 64, "width": 48, "seed": 9})
+        for job_id in [*same, other]:
+            wait_for(lambda job_id=job_id: stage(http.get(f"/v1/jobs/{job_id}").json(), "encode")["status"]
+                     == "succeeded")
+        assert http.post(f"/v1/jobs/{blocker}/cancel").status_code == 200
+        jobs = [wait_job(http, i, timeout=60) for i in [*same, other]]
+        assert all(j["status"] == "succeeded" for j in jobs), jobs
+        assert png_size(download(http, jobs[6], "image", "image/png")) == (48, 64)
+    six, odd = [stage(j, "denoise") for j in jobs[:6]], stage(jobs[6], "denoise")
+    assert max(s["batch_size"] for s in six) > 1
+    # The other size rode in a batch with the six (as its own group), not after them.
+    assert odd["batch_id"] in {s["batch_id"] for s in six}
 
 
 def test_cancel_stops_a_running_denoise(diffusion):
-    cluster, _ = diffusion
+    cluster = diffusion[0]
     steps = 100
     with cluster.client() as http:
         job_id = submit(http, "qwen_image", {"prompt": "a storm"},
-                        {"height": 512, "width": 512, "num_inference_steps": steps, "seed": 3})
+                        {"height": 1024, "width": 1024, "num_inference_steps": steps, "seed": 3})
         seen = []  # (time, step) while denoising: progress is visible in GET /v1/jobs/{id}
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and (len(seen) < 2 or seen[-1][1] == seen[0][1]):
@@ -200,9 +251,10 @@ def test_cancel_stops_a_running_denoise(diffusion):
 
 
 def test_latents_through_s3(diffusion, db):
-    cluster, s3_workers = diffusion
+    cluster, control, spare_name = diffusion
     cluster.kill("worker-qwen_image.denoise")
-    s3_workers.wait_workers_ready([s3_workers.start_worker("qwen_image.denoise")], timeout=120)
+    replies = control.add_consumer(DENOISE_QUEUE, destination=[spare_name], reply=True, timeout=10)
+    assert replies and spare_name in replies[0], replies
     with cluster.client() as http:
         job_id = submit(http, "qwen_image", {"prompt": "a lighthouse"}, {"seed": 1, "height": 48})
         job = wait_job(http, job_id, timeout=60)
