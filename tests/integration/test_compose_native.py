@@ -39,7 +39,8 @@ from tests.integration.test_netns_worker import stop_all
 from tests.s3server import run_s3_server
 from tests.services import REDIS_URL, require_postgres
 
-PIPELINES = ("chat", "draft_rewrite")
+# One pipeline keeps the test short; stage hand-offs between workers are covered by the e2e tests.
+PIPELINES = ("chat",)
 
 
 def _env_file(path: Path, overrides: dict[str, str]) -> Path:
@@ -206,10 +207,8 @@ def test_compose_services_run_jobs(stack):
     with cluster.client() as client:
         ready = client.get("/readyz").json()
         assert ready["status"] == "ok", ready
-        ids = [client.post("/v1/jobs", json={"pipeline": "chat", "inputs": {"prompt": "hi"},
-                                             "params": {"max_tokens": 5}}).json()["id"],
-               client.post("/v1/jobs", json={"pipeline": "draft_rewrite", "inputs": {"prompt": "sea"},
-                                             "params": {"max_tokens": 5}}).json()["id"]]
+        ids = [client.post("/v1/jobs", json={"pipeline": "chat", "inputs": {"prompt": f"hi {i}"},
+                                             "params": {"max_tokens": 5}}).json()["id"] for i in range(3)]
         for job_id in ids:
             job = wait_job(client, job_id, timeout=120)
             assert job["status"] == "succeeded", job

@@ -23,7 +23,7 @@ from omnijobs.store.tables import Base
 from tests.cluster import REPO
 from tests.conftest import FIXTURE_PIPELINES
 
-JOBS = 30
+JOBS = 20
 
 # One process of the race below: claims and completes the `branch` run of every job, all at once
 # with the other process doing the other branch. Prints how many join tasks its completions made.
@@ -76,7 +76,7 @@ def test_fan_in_is_decided_once_when_two_processes_finish_the_branches_together(
             branches["left" if ".left" in task.queue else "right"].append(task.run_id)
     assert len(branches["left"]) == len(branches["right"]) == JOBS
 
-    start_at = time.time() + 3  # both processes begin together, after their imports
+    start_at = time.time() + 2.5  # both processes begin together, after their imports
     procs = [subprocess.Popen([sys.executable, "-c", _BRANCH, url, name, str(FIXTURE_PIPELINES), str(start_at), *ids],
                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for name, ids in branches.items()]
