@@ -225,3 +225,26 @@ def test_a_stage_on_the_other_host_reads_and_writes_through_s3(two_hosts):
                           aws_secret_access_key=s3.secret_key, region_name="us-east-1").list_objects_v2(Bucket=bucket)
     keys = [o["Key"] for o in listed.get("Contents", [])]
     assert any(job["id"] in k and "rewrite" in k for k in keys), keys
+
+
+def test_a_shared_memory_reference_from_this_host_fails_clearly_on_the_other(two_hosts, store, settings):
+    """shm is same-host only: the worker elsewhere refuses the reference with a reason, once, not in a loop."""
+    import socket
+
+    from omnijobs.artifacts.refs import make_ref
+    from workers.celery_app import make_celery
+    from workers.publisher import CeleryPublisher
+
+    cluster = two_hosts[0]
+    job, (draft,), _ = store.create_job(store.pipelines.get("draft_rewrite"), {"prompt": "x"}, {})
+    (claim,) = store.claim([(draft.run_id, draft.attempt)], "draft_rewrite.draft@here", "b", 30)
+    here = socket.gethostname()
+    ref = {**make_ref(f"shm://omnijobs-{job.id.hex[:8]}", "json", "application/json", 10), "host": here}
+    tasks = store.complete(claim, {"text": ref})
+    CeleryPublisher(make_celery(settings)).publish(tasks)
+    with cluster.client() as client:
+        view = wait_job(client, str(job.id), timeout=60)
+    assert view["status"] == "failed", view
+    rewrite = next(s for s in view["stages"] if s["name"] == "rewrite")
+    assert rewrite["worker"].startswith(f"draft_rewrite.rewrite@{REMOTE_HOST}:"), rewrite
+    assert here in view["error"]["message"] and "OMNIJOBS_ARTIFACTS=s3" in view["error"]["message"], view["error"]
