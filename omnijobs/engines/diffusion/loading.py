@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+# Imported here, not lazily: the engine factory turns a missing package into MissingExtra("diffusers").
+import diffusers
+
 from omnijobs.engines.torch_runtime import torch_device
 from omnijobs.errors import EngineDead
 
@@ -24,8 +27,6 @@ def model_index(path: Path) -> dict:
 
 def load_pipeline(path: Path, device: str, skip: tuple[str, ...] = ()):
     """The pipeline class named in model_index.json, without the components this stage does not run."""
-    import diffusers
-
     from omnijobs.models.qwen_vl import load_qwen_vl_processor
 
     index = model_index(path)

@@ -6,6 +6,7 @@ import io
 import wave
 from fractions import Fraction
 
+import av
 import numpy as np
 
 from omnijobs.engines.base import Media
@@ -21,8 +22,6 @@ def png(image) -> Media:
 
 def mp4(frames: np.ndarray, fps: int) -> Media:
     """Frames (F, H, W, 3) in [0, 1] as an H.264 MP4."""
-    import av
-
     pixels = (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="mp4") as container:
