@@ -14,6 +14,8 @@ class Settings(BaseSettings):
 
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/omnijobs"
     broker_url: str = "redis://127.0.0.1:6379/0"
+    # With broker_url "filesystem://" (one machine, no server): the folder holding the queues.
+    broker_dir: Path = Path("~/.cache/omnijobs/broker").expanduser()
 
     models_dir: Path = Path("~/.cache/omnijobs/models").expanduser()
     # Extra folders of pipeline YAML files, loaded after the shipped ones.
@@ -62,20 +64,6 @@ class Settings(BaseSettings):
 
     api_base_url: str = ""
 
-    # Admission control of POST /v1/jobs: a stage queue deeper than its bound, or a key over its rate,
-    # gets 429 with Retry-After. Bounds by "<pipeline>.<stage>", e.g. '{"chat.generate": 500}'; 0 = none.
-    queue_max_depth: int = 10_000
-    queue_bounds: dict[str, int] = {}
-    queue_full_retry_after_s: int = 5
-    rate_limit_per_s: float = 50.0  # submissions per key per second, refilled continuously; 0 = off
-    rate_limit_burst: int = 200
-
-    # Stage worker registry: a worker silent for longer than worker_dead_after_s is shown dead.
-    worker_heartbeat_s: float = 5.0
-    worker_dead_after_s: float = 20.0
-    # A rotated webhook secret keeps signing-verification valid this long.
-    webhook_secret_grace_s: float = 24 * 3600
-
     # Webhooks. Jobs without an owner (no API keys) are signed with these `whsec_` secrets,
     # comma-separated, newest first: several sign at once while one is rotated.
     webhook_secret: str = ""
@@ -91,6 +79,20 @@ class Settings(BaseSettings):
     # Retention: artifacts of jobs finished longer ago than this are deleted (the rows stay); 0 = keep.
     retention_s: float = 7 * 24 * 3600.0
     retention_batch: int = 200
+
+    # Admission control of POST /v1/jobs: a stage queue deeper than its bound, or a key over its rate,
+    # gets 429 with Retry-After. Bounds by "<pipeline>.<stage>", e.g. '{"chat.generate": 500}'; 0 = none.
+    queue_max_depth: int = 10_000
+    queue_bounds: dict[str, int] = {}
+    queue_full_retry_after_s: int = 5
+    rate_limit_per_s: float = 50.0  # submissions per key per second, refilled continuously; 0 = off
+    rate_limit_burst: int = 200
+
+    # Stage worker registry: a worker silent for longer than worker_dead_after_s is shown dead.
+    worker_heartbeat_s: float = 5.0
+    worker_dead_after_s: float = 20.0
+    # A rotated webhook secret keeps signing-verification valid this long.
+    webhook_secret_grace_s: float = 24 * 3600
 
 
 @lru_cache(maxsize=1)
