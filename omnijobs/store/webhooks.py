@@ -22,6 +22,7 @@ from omnijobs.webhooks.events import DEFAULT_FILTER
 from omnijobs.webhooks.policy import PENDING, Decision
 
 SENDING = "sending"
+_RANK = {"job.started": 0, "job.stage_completed": 1}
 
 
 @dataclass(frozen=True)
@@ -147,9 +148,9 @@ class WebhookStore:
     def list_for_job(self, job_id: uuid.UUID | str, owner: str | None = None) -> list[DeliveryView]:
         with self._sessions() as s:
             self._job(s, job_id, owner)
-            rows = s.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == _uuid(job_id))
-                             .order_by(WebhookDelivery.created_at, WebhookDelivery.id))
-            return [_view(r) for r in rows]
+            rows = s.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == _uuid(job_id)))
+            # Events of one transaction share a time: a stage completes before the job does.
+            return [_view(r) for r in sorted(rows, key=lambda r: (r.created_at, _RANK.get(r.event, 2)))]
 
     def redeliver(self, job_id: uuid.UUID | str, delivery_id: uuid.UUID | str, owner: str | None = None,
                   now: datetime | None = None) -> tuple[DeliveryView, int]:
