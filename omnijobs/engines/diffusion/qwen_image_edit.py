@@ -56,9 +56,10 @@ class QwenImageEditEngine(DiffusionEngine):
         return key, row
 
     def group_args(self, key: tuple, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        steps, height, width, _, _, guidance, _ = key
+        steps, height, width, _, _, guidance, negative = key
+        # Guidance needs a negative branch; without one the pipeline would only warn and ignore it.
         return {"image": [r["image"] for r in rows], "num_inference_steps": steps, "height": height,
-                "width": width, "true_cfg_scale": guidance}
+                "width": width, "true_cfg_scale": guidance if negative else 1.0}
 
     def _call(self, group, hook):
         with _condition_area(group.key[3]):
