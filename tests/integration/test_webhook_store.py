@@ -203,3 +203,25 @@ def test_retention_deletes_artifacts_and_keeps_the_row(store, settings, tmp_path
     assert "expired" not in inputs["image"]  # the upload was kept, so its reference is not marked
     assert sweep_retention(retention, cfg).jobs == 0  # done once
     json.dumps(view.outputs)
+
+
+def test_owner_secrets_sign_and_rotation_signs_twice(store, receiver):
+    from omnijobs.store.keys import KeyStore
+
+    keys = KeyStore(store.engine)
+    key = keys.create("hooks-owner")
+    job, (task,), _ = store.create_job(store.pipelines.get("echo"), {"prompt": "own"}, {}, owner=key.id,
+                                       webhook=f"{receiver.url}/owned", webhook_events=["job.succeeded"])
+    (run,) = store.claim([(task.run_id, task.attempt)], "w", "b", 30)
+    store.complete(run, {"text": "say(own)"})
+    rotated = keys.rotate_webhook_secret(key.id)
+    with httpx.Client() as client:
+        sender = Sender(WebhookStore(store.engine), store.get_job, lambda v: {"id": str(v.id)},
+                        SecretSource([SECRET], keys), DeliveryPolicy((0.0,), jitter=0.0), client, allowed_hosts=LOCAL)
+        drain(store, sender)
+    (got,) = receiver.wait_for("/owned", 1)
+    assert len(got.headers["webhook-signature"].split(" ")) == 2  # the new and the old secret, during the grace
+    for secret in (rotated, key.webhook_secret):
+        assert Webhook(secret).verify(got.body, got.headers)["data"] == {"id": str(job.id)}
+    with pytest.raises(Exception, match="match"):
+        Webhook(SECRET).verify(got.body, got.headers)  # the deployment secret is for jobs without an owner
