@@ -78,9 +78,17 @@ def dev(tmp_path_factory, models_dir):
         key = key_file.read_text().strip() if key_file.exists() else None
         yield {"proc": proc, "folder": folder, "url": f"http://127.0.0.1:{port}", "key": key, "log": log}
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if proc.poll() is None:  # the test failed before stopping it: stop it, and never leave its children
+            children = _children(proc.pid)
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            for pid in children:
+                if _alive(pid):
+                    os.killpg(pid, signal.SIGKILL)
 
 
 def test_dev_mode_runs_jobs_and_stops_cleanly(dev):
@@ -137,6 +145,6 @@ def test_dev_mode_runs_jobs_and_stops_cleanly(dev):
 def test_dev_mode_refuses_an_unknown_pipeline(tmp_path, models_dir):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMNIJOBS_MODELS_DIR": str(models_dir)}
     proc = subprocess.run([sys.executable, "-m", "omnijobs", "dev", "--dir", str(tmp_path), "--pipeline", "nope"],
-                          env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+                          check=False, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "unknown pipeline 'nope'" in proc.stderr
