@@ -45,7 +45,11 @@ def validate_webhook(url: Any, events: Any, allowed_hosts: frozenset[str]) -> tu
         raise InvalidInput("webhook must be an http(s) URL", field="webhook")
     if len(url) > 2048:
         raise InvalidInput("webhook URL is longer than 2048 characters", field="webhook")
-    return check_url(url, field="webhook", allowed_hosts=allowed_hosts), validate_filter(events)
+    try:
+        checked = check_url(url, field="webhook", allowed_hosts=allowed_hosts)
+    except ValueError as exc:  # urllib's own complaints: a bad IPv6 literal, a port out of range
+        raise InvalidInput(f"webhook is not a valid URL: {exc}", field="webhook") from exc
+    return checked, validate_filter(events)
 
 
 def message_id(delivery_id: uuid.UUID | str) -> str:

@@ -34,6 +34,7 @@ def test_filter_is_checked_and_normalised():
 @pytest.mark.parametrize("url", [
     "http://127.0.0.1:8000/hook", "http://localhost/hook", "http://10.1.2.3/", "http://192.168.0.10/",
     "http://169.254.169.254/latest/meta-data", "http://[::1]/", "http://0.0.0.0/", "ftp://example.com/",
+    "http://[::1", "http://127.0.0.1:99999/", "http://host:abc/", "http://0x7f.1/", "http://user:pw@10.0.0.1/",
 ])
 def test_private_or_odd_targets_are_refused(url):
     with pytest.raises(InvalidInput) as err:
