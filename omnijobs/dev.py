@@ -148,7 +148,9 @@ class Processes:
         log = self.log_dir / f"{name}.log"
         with open(log, "ab") as out:
             proc = subprocess.Popen([sys.executable, "-m", "omnijobs", *args], env=self.env, stdout=out,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                    # The supervisor runs no threads when it spawns, so preexec_fn is safe here.
+                                    preexec_fn=_die_with_parent if sys.platform == "linux" else None)  # noqa: PLW1509
         self.procs[name] = (proc, log)
 
     def dead(self) -> tuple[str, int, str] | None:
@@ -176,6 +178,14 @@ class Processes:
                 _signal_group(proc, signal.SIGKILL)
                 proc.wait()
         self.procs.clear()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM it when the supervisor dies, even by SIGKILL (Linux prctl)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
