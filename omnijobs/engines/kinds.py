@@ -112,6 +112,13 @@ ENGINE_KINDS: dict[str, EngineKind] = {
             outputs={"image": "image"},
         ),
         EngineKind(
+            name="qwen_image_layered",
+            impl="omnijobs.engines.diffusion.qwen_image_layered:QwenImageLayeredEngine",
+            extra="diffusers",
+            inputs={"image": "image", "prompt": "text"},
+            outputs={"layers": "image"},
+        ),
+        EngineKind(
             name="diffusers_text_to_image",
             impl="omnijobs.engines.diffusion.generate:TextToImageEngine",
             extra="diffusers",

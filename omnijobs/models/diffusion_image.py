@@ -20,13 +20,12 @@ def _flow_scheduler():
     return FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9)
 
 
-def _qwen_vae():
+def _qwen_vae(z_dim: int, **kwargs):
     from diffusers import AutoencoderKLQwenImage
 
     return AutoencoderKLQwenImage(
-        base_dim=8, z_dim=LATENT_CHANNELS, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-        temperal_downsample=[False, True, True], latents_mean=[0.0] * LATENT_CHANNELS,
-        latents_std=[1.0] * LATENT_CHANNELS,
+        base_dim=8, z_dim=z_dim, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * z_dim, latents_std=[1.0] * z_dim, **kwargs,
     )
 
 
@@ -40,23 +39,24 @@ def _kl_vae(latent_channels: int = LATENT_CHANNELS, **kwargs):
     )
 
 
-def _qwen_transformer(**kwargs):
+def _qwen_transformer(z_dim: int, **kwargs):
     from diffusers import QwenImageTransformer2DModel
 
     return QwenImageTransformer2DModel(
-        patch_size=2, in_channels=LATENT_CHANNELS * 4, out_channels=LATENT_CHANNELS, num_layers=2,
+        patch_size=2, in_channels=z_dim * 4, out_channels=z_dim, num_layers=2,
         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=HIDDEN, axes_dims_rope=(4, 6, 6), **kwargs,
     )
 
 
-def _save_qwen_family(out: Path, pipeline_cls, with_processor: bool, **transformer_kwargs) -> None:
+def _save_qwen_family(out: Path, pipeline_cls, with_processor: bool, z_dim: int = LATENT_CHANNELS,
+                      vae_kwargs: dict | None = None, **transformer_kwargs) -> None:
     import torch
 
     text_encoder, tokenizer = qwen_vl_encoder(out)
     torch.manual_seed(1)
     parts = {
-        "scheduler": _flow_scheduler(), "vae": _qwen_vae(), "text_encoder": text_encoder, "tokenizer": tokenizer,
-        "transformer": _qwen_transformer(**transformer_kwargs),
+        "scheduler": _flow_scheduler(), "vae": _qwen_vae(z_dim, **(vae_kwargs or {})),
+        "text_encoder": text_encoder, "tokenizer": tokenizer, "transformer": _qwen_transformer(z_dim, **transformer_kwargs),
     }
     if with_processor:
         parts["processor"] = None
@@ -77,6 +77,16 @@ def build_qwen_image_edit(out: Path) -> None:
     from diffusers import QwenImageEditPipeline
 
     _save_qwen_family(out, QwenImageEditPipeline, with_processor=True)
+
+
+@builder("tiny/qwen_image_layered")
+def build_qwen_image_layered(out: Path) -> None:
+    from diffusers import QwenImageLayeredPipeline
+
+    # RGBA in and out; the DiT tells layers apart with a 3D (layer, h, w) rope and an RGB/RGBA flag.
+    # NOTE: the pipeline takes a 4-channel input for latents already encoded, so z_dim must not be 4.
+    _save_qwen_family(out, QwenImageLayeredPipeline, with_processor=True, z_dim=8, vae_kwargs={"input_channels": 4},
+                      use_layer3d_rope=True, use_additional_t_cond=True)
 
 
 @builder("tiny/z_image_turbo")

@@ -31,6 +31,7 @@ from workers.celery_app import make_celery
 
 DENOISE_QUEUE = "omni.qwen_image.denoise"
 STAGES = ["qwen_image.encode", "qwen_image.denoise", "qwen_image.decode", "qwen_image_edit.edit",
+          "qwen_image_layered.decompose",
           "z_image_turbo.generate", "longcat_image.generate", "wan2_2_t2v.generate", "stable_audio.generate"]
 
 
@@ -136,9 +137,9 @@ def wait_for(predicate, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
-def png_uri(size=(64, 32)) -> str:
+def png_uri(size=(64, 32), mode="RGB") -> str:
     buf = io.BytesIO()
-    Image.new("RGB", size, (30, 120, 200)).save(buf, "PNG")
+    Image.new(mode, size, (30, 120, 200, 160)[:len(mode)]).save(buf, "PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
@@ -150,6 +151,9 @@ def test_every_pipeline_end_to_end(diffusion, db):
                                  {"seed": 1, "height": 48, "negative_prompt": "fog"}),
             "qwen_image_edit": submit(http, "qwen_image_edit", {"image": png_uri(), "prompt": "paint it red"},
                                       {"seed": 1}),
+            "qwen_image_layered": submit(http, "qwen_image_layered",
+                                         {"image": png_uri(mode="RGBA"), "prompt": "a blue card"},
+                                         {"seed": 1, "layers": 3}),
             "z_image_turbo": submit(http, "z_image_turbo", {"prompt": "a lighthouse"}, {"seed": 1}),
             "longcat_image": submit(http, "longcat_image", {"prompt": "a lighthouse"}, {"seed": 1}),
             "wan2_2_t2v": submit(http, "wan2_2_t2v", {"prompt": "waves"}, {"seed": 1, "num_frames": 9}),
@@ -162,6 +166,8 @@ def test_every_pipeline_end_to_end(diffusion, db):
         assert png_size(download(http, jobs["qwen_image"], "image", "image/png")) == (32, 48)
         # 2:1 condition image at the pipeline's 4096-pixel condition area: 96x32.
         assert png_size(download(http, jobs["qwen_image_edit"], "image", "image/png")) == (96, 32)
+        layers = Image.open(io.BytesIO(download(http, jobs["qwen_image_layered"], "layers", "image/png")))
+        assert layers.n_frames == 3 and layers.mode == "RGBA" and layers.size == (96, 32)
         assert png_size(download(http, jobs["z_image_turbo"], "image", "image/png")) == (32, 32)
         assert png_size(download(http, jobs["longcat_image"], "image", "image/png")) == (32, 32)
 

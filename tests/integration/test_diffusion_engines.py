@@ -13,7 +13,7 @@ from PIL import Image
 from omnijobs.engines.base import Media, StageRequest
 from omnijobs.errors import FatalStageError, InvalidInput
 
-FOLDERS = ["tiny/qwen_image", "tiny/qwen_image_edit", "tiny/z_image_turbo", "tiny/longcat_image",
+FOLDERS = ["tiny/qwen_image", "tiny/qwen_image_edit", "tiny/qwen_image_layered", "tiny/z_image_turbo", "tiny/longcat_image",
            "tiny/wan2_2_t2v", "tiny/stable_audio"]
 
 
@@ -172,6 +172,29 @@ def test_qwen_image_edit(models, registry):
     assert out[0]["image"].data == out[1]["image"].data
     assert png_size(out[2]["image"]) == (32, 32)
     assert isinstance(out[3], FatalStageError)
+
+
+def png_of(image) -> Media:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return Media(buf.getvalue(), "image/png")
+
+
+def test_qwen_image_layered_gives_one_rgba_frame_per_layer(models, registry):
+    engine = load(models, registry, "qwen_image_layered", "decompose")
+    image = png_of(Image.new("RGBA", (64, 32), (200, 30, 30, 128)))
+    out = timed(engine, [
+        req(engine, "a", {"image": image, "prompt": "a red card"}, seed=1, layers=3),
+        req(engine, "b", {"image": image, "prompt": "a red card"}, seed=1, layers=3),
+        req(engine, "c", {"image": image, "prompt": "a red card"}, seed=2, layers=2),
+    ])
+    assert out[0]["layers"].data == out[1]["layers"].data
+    for result, layers in ((out[0], 3), (out[2], 2)):
+        apng = Image.open(io.BytesIO(result["layers"].data))
+        assert apng.format == "PNG" and apng.n_frames == layers
+        for k in range(layers):
+            apng.seek(k)
+            assert apng.mode == "RGBA" and apng.size == (96, 32)
 
 
 @pytest.mark.parametrize("pipeline", ["z_image_turbo", "longcat_image"])

@@ -50,8 +50,8 @@ def wav(samples: np.ndarray, rate: int) -> Media:
     return Media(buf.getvalue(), "audio/wav")
 
 
-def open_image(media: Media):
-    """An input image as RGB; a file that is not an image fails only its own job."""
+def open_image(media: Media, mode: str = "RGB"):
+    """An input image in `mode`; a file that is not an image fails only its own job."""
     from PIL import Image, UnidentifiedImageError
 
     if not isinstance(media, Media):
@@ -61,4 +61,4 @@ def open_image(media: Media):
         image.load()
     except (UnidentifiedImageError, OSError) as exc:
         raise FatalStageError(f"input is not a readable image ({media.content_type}): {exc}") from exc
-    return image.convert("RGB")
+    return image.convert(mode)

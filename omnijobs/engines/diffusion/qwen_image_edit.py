@@ -15,21 +15,23 @@ from omnijobs.engines.diffusion.generate import DiffusionEngine, _size
 from omnijobs.engines.diffusion.media import open_image, png
 
 
-def _dimensions(area: int, ratio: float, multiple: int = 32) -> tuple[int, int]:
+def dimensions(area: int, ratio: float, multiple: int = 32) -> tuple[int, int]:
     """(width, height) of about `area` pixels at `ratio`, as the pipeline computes them."""
     width = math.sqrt(area * ratio)
     return round(width / multiple) * multiple, round(width / ratio / multiple) * multiple
 
 
 @contextlib.contextmanager
-def _condition_area(area: int):
-    """NOTE: the pipeline resizes the condition image to a fixed ~1024x1024 area through this module
-    function; the area is a parameter here, so the function is swapped for the length of one call
-    (a worker runs one call at a time)."""
-    from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit as module
-
+def condition_area(module, area: int, with_none: bool = True):
+    """NOTE: the Qwen-Image edit and layered pipelines resize the condition image to a fixed area
+    (~1024x1024, or 640/1024 buckets) through their module's `calculate_dimensions`; the area is a
+    parameter here, so that function is swapped for the length of one call (a worker runs one call
+    at a time)."""
     original = module.calculate_dimensions
-    module.calculate_dimensions = lambda _area, ratio: (*_dimensions(area, ratio), None)
+    if with_none:
+        module.calculate_dimensions = lambda _area, ratio: (*dimensions(area, ratio), None)
+    else:
+        module.calculate_dimensions = lambda _area, ratio: dimensions(area, ratio)
     try:
         yield
     finally:
@@ -45,7 +47,7 @@ class QwenImageEditEngine(DiffusionEngine):
         p = req.params
         image = open_image(req.inputs["image"])
         area = int(p["condition_area"])
-        cond_w, cond_h = _dimensions(area, image.width / image.height)
+        cond_w, cond_h = dimensions(area, image.width / image.height)
         if p.get("height") is None or p.get("width") is None:
             height, width = cond_h, cond_w
         else:
@@ -62,7 +64,9 @@ class QwenImageEditEngine(DiffusionEngine):
                 "width": width, "true_cfg_scale": guidance if negative else 1.0}
 
     def _call(self, group, hook):
-        with _condition_area(group.key[3]):
+        from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit
+
+        with condition_area(pipeline_qwenimage_edit, group.key[3]):
             return super()._call(group, hook)
 
     def encode(self, out, rows):
