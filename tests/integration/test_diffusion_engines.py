@@ -155,6 +155,18 @@ def test_progress_and_cancel_between_steps(qwen):
     assert [p["step"] for p in rec.progress["alone"]] == [0, 1]
 
 
+@pytest.mark.parametrize("pipeline", ["longcat_image", "wan2_2_t2v", "stable_audio"])
+def test_cancel_in_single_stage_engines(models, registry, pipeline):
+    """The three ways in between steps: callback_on_step_end (Wan), the older callback (Stable Audio),
+    and the wrapped scheduler step (LongCat, whose pipeline takes no callback)."""
+    rec = Recorder()
+    engine = load(models, registry, pipeline, "generate", rec)
+    rec.stop_after_step["x"] = 2
+    [out] = engine.run([req(engine, "x", {"prompt": "storm"}, seed=1, num_inference_steps=6)])
+    assert isinstance(out, FatalStageError) and "canceled" in str(out)
+    assert [p["step"] for p in rec.progress["x"]] == [0, 1, 2]
+
+
 def test_qwen_image_edit(models, registry):
     edit = load(models, registry, "qwen_image_edit", "edit")
     source = Image.new("RGB", (64, 32), (200, 30, 30))

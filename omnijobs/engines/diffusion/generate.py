@@ -6,6 +6,7 @@ prompt and seed, and runs one call per group with a generator per row.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Hashable
 from typing import Any, ClassVar
 
@@ -25,7 +26,7 @@ def _prompt(req: StageRequest) -> str:
     return prompt
 
 
-def _size(params: dict[str, Any], multiple: int) -> tuple[int, int]:
+def checked_size(params: dict[str, Any], multiple: int) -> tuple[int, int]:
     height, width = int(params["height"]), int(params["width"])
     if height % multiple or width % multiple:
         raise FatalStageError(f"height and width must be multiples of {multiple}, got {height}x{width}")
@@ -41,6 +42,7 @@ class DiffusionEngine(Engine):
     def load(self) -> None:
         self.pipe = load_pipeline(self.ctx.model_path, self.ctx.device)
         self.call_args = {**self.call_args, **FAMILY_CALL_ARGS.get(type(self.pipe).__name__, {})}
+        self.step_callback = _step_callback(type(self.pipe))
 
     def run(self, batch: list[StageRequest]) -> list[RowResult]:
         return run_grouped(self.ctx, batch, self.prepare, self._call, steps_of=lambda g: g.key[0])
@@ -48,10 +50,6 @@ class DiffusionEngine(Engine):
     def prepare(self, req: StageRequest) -> tuple[Hashable, dict[str, Any]]:
         """(group key starting with the step count, row data with at least prompt and seed)."""
         raise NotImplementedError
-
-    # How the pipeline lets us in between steps: "on_step_end", "legacy" (callback/callback_steps), or
-    # "scheduler" for pipelines without a step callback.
-    step_callback = "on_step_end"
 
     @torch.inference_mode()
     def _call(self, group: Group, hook: StepHook) -> list[dict[str, Any]]:
@@ -98,20 +96,25 @@ class DiffusionEngine(Engine):
 FAMILY_CALL_ARGS: dict[str, dict[str, Any]] = {
     "LongCatImagePipeline": {"enable_prompt_rewrite": False},
 }
-# Pipelines whose __call__ takes no step callback.
-_NO_STEP_CALLBACK = {"LongCatImagePipeline"}
+
+
+def _step_callback(pipeline_cls) -> str:
+    """How a pipeline lets us in between steps: "on_step_end", "legacy" (callback/callback_steps), or
+    "scheduler" for pipelines whose __call__ takes no step callback (LongCat)."""
+    params = inspect.signature(pipeline_cls.__call__).parameters
+    if "callback_on_step_end" in params:
+        return "on_step_end"
+    return "legacy" if "callback" in params else "scheduler"
 
 
 class TextToImageEngine(DiffusionEngine):
     def load(self) -> None:
         super().load()
-        if type(self.pipe).__name__ in _NO_STEP_CALLBACK:
-            self.step_callback = "scheduler"
         self.multiple = self.pipe.vae_scale_factor * 2
 
     def prepare(self, req: StageRequest):
         p = req.params
-        height, width = _size(p, self.multiple)
+        height, width = checked_size(p, self.multiple)
         row = self._common(req)
         key = (int(p["num_inference_steps"]), height, width, float(p["guidance_scale"]), bool(row["negative"]))
         return key, row
@@ -137,7 +140,7 @@ class TextToVideoEngine(DiffusionEngine):
 
     def prepare(self, req: StageRequest):
         p = req.params
-        height, width = _size(p, self.multiple)
+        height, width = checked_size(p, self.multiple)
         frames = int(p["num_frames"])
         if (frames - 1) % self.frame_step:
             raise FatalStageError(f"num_frames must be {self.frame_step}k+1, got {frames}")
@@ -156,8 +159,6 @@ class TextToVideoEngine(DiffusionEngine):
 
 class TextToAudioEngine(DiffusionEngine):
     """Stable Audio: the DiT always makes its full window; the waveform is cut to the asked seconds."""
-
-    step_callback = "legacy"
 
     def load(self) -> None:
         super().load()

@@ -11,7 +11,7 @@ import math
 from typing import Any
 
 from omnijobs.engines.base import StageRequest
-from omnijobs.engines.diffusion.generate import DiffusionEngine, _size
+from omnijobs.engines.diffusion.generate import DiffusionEngine, checked_size
 from omnijobs.engines.diffusion.media import open_image, png
 
 
@@ -51,7 +51,7 @@ class QwenImageEditEngine(DiffusionEngine):
         if p.get("height") is None or p.get("width") is None:
             height, width = cond_h, cond_w
         else:
-            height, width = _size(p, self.multiple)
+            height, width = checked_size(p, self.multiple)
         row = {**self._common(req), "image": image}
         key = (int(p["num_inference_steps"]), height, width, area, (cond_w, cond_h), float(p["guidance_scale"]),
                bool(row["negative"]))
