@@ -12,7 +12,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -20,33 +19,9 @@ import pytest
 from omnijobs.demo_jobs import run_demo_jobs
 from omnijobs.pipelines import load_registry
 from tests.cluster import REPO, free_port, wait_job
+from tests.procs import alive, descendants
 
 PIPELINES = ["chat", "draft_rewrite"]
-
-
-def _children(pid: int) -> set[int]:
-    """Every descendant of pid, from /proc."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +54,7 @@ def dev(tmp_path_factory, models_dir):
         yield {"proc": proc, "folder": folder, "url": f"http://127.0.0.1:{port}", "key": key, "log": log}
     finally:
         if proc.poll() is None:  # the test failed before stopping it: stop it, and never leave its children
-            children = _children(proc.pid)
+            children = descendants(proc.pid)
             proc.send_signal(signal.SIGINT)
             try:
                 proc.wait(timeout=60)
@@ -87,7 +62,7 @@ def dev(tmp_path_factory, models_dir):
                 proc.kill()
                 proc.wait()
             for pid in children:
-                if _alive(pid):
+                if alive(pid):
                     os.killpg(pid, signal.SIGKILL)
 
 
@@ -130,13 +105,13 @@ def test_dev_mode_runs_jobs_and_stops_cleanly(dev):
     assert not list((folder / "broker" / "queue").glob("*.msg"))
 
     proc = dev["proc"]
-    children = _children(proc.pid)
+    children = descendants(proc.pid)
     assert len(children) >= 1 + 1 + 3, f"expected api, reconciler and 3 workers: {children}"
     started = time.monotonic()
     proc.send_signal(signal.SIGINT)  # what Ctrl-C in a terminal sends
     assert proc.wait(timeout=60) == 0, log.read_text()
     stop_s = time.monotonic() - started
-    stray = [pid for pid in children if _alive(pid)]
+    stray = [pid for pid in children if alive(pid)]
     assert not stray, f"still running after omnijobs dev stopped: {stray}"
     assert "stopped" in log.read_text()
     print(f"dev mode stopped in {stop_s:.1f}s")

@@ -35,7 +35,7 @@ from tests.integration.test_compose_file import (
     _command,
     _compose,
 )
-from tests.integration.test_netns_worker import stop_all
+from tests.procs import stop_all
 from tests.s3server import run_s3_server
 from tests.services import REDIS_URL, require_postgres
 

@@ -13,7 +13,6 @@ import asyncio
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ import pytest
 
 from tests.cluster import REPO, Cluster, wait_job
 from tests.conftest import ARTIFACTS
+from tests.procs import stop_all
 from tests.s3server import run_s3_server
 
 REMOTE_HOST = "remote-host"
@@ -119,19 +119,6 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         pass
     finally:
         writer.close()
-
-
-def stop_all(procs: list[subprocess.Popen], grace_s: float = 15.0) -> None:
-    """SIGTERM every process group at once, SIGKILL those still running after the grace period."""
-    for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def _via(url: str, host: str) -> str:
