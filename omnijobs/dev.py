@@ -213,6 +213,16 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
+def _check_port(host: str, port: int) -> None:
+    """Fail before starting anything if the API could not listen there."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise DevError(f"cannot listen on {host}:{port} ({exc.strerror}); pass --port 0 for any free port") from None
+
+
 # ---------------------------------------------------------------- the command
 
 
@@ -258,6 +268,8 @@ def run_dev(settings: Settings, options: DevOptions, echo: Callable[[str], None]
 
     stop = _Stop()
     stop.install()
+    if options.port:
+        _check_port(options.host, options.port)
     dev_settings, specs = prepare(settings, options, echo)
     folder = options.folder.resolve()
     log_dir = folder / "logs"
