@@ -6,7 +6,7 @@ from fastapi import Depends, FastAPI
 
 from api import auth, errors
 from api.limits import BodySizeLimit
-from api.routes import admin, files, health, jobs, metrics, pipelines
+from api.routes import admin, deliveries, files, health, jobs, metrics, pipelines
 from omnijobs import __version__
 from omnijobs.admission import Admission, redis_for
 from omnijobs.artifacts.factory import make_connector
@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     auth.install(app)
     for module in (admin, metrics):
         app.include_router(module.router)
-    for module in (health, jobs, pipelines, files):
+    for module in (health, jobs, pipelines, deliveries, files):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, exempt=("/v1/files",))
     return app

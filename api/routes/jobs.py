@@ -18,6 +18,7 @@ from api.deps import (
     PrincipalDep,
     PublisherDep,
     RegistryDep,
+    SettingsDep,
     StoreDep,
 )
 from api.schemas import ErrorResponse, JobCreate, JobList, JobPublic, job_public
@@ -39,6 +40,7 @@ def create_job(
     registry: RegistryDep,
     publisher: PublisherDep,
     base_url: BaseUrlDep,
+    settings: SettingsDep,
     media: MediaDep,
     principal: PrincipalDep,
     admission: AdmissionDep,
@@ -48,7 +50,8 @@ def create_job(
     job, created = submit(
         store, registry, publisher, pipeline=body.pipeline, inputs=body.inputs, params=body.params,
         priority=body.priority, metadata=body.metadata, idempotency_key=idempotency_key, media=media,
-        owner=principal.id,
+        webhook=body.webhook, webhook_events_filter=body.webhook_events_filter,
+        allowed_hosts=settings.private_hosts_allowed, owner=principal.id,
     )
     response.headers["Location"] = f"{base_url}/v1/jobs/{job.id}"
     if not created:
