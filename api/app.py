@@ -6,10 +6,20 @@ from fastapi import Depends, FastAPI
 
 from api import auth, errors
 from api.limits import BodySizeLimit
-from api.routes import admin, deliveries, files, health, jobs, metrics, pipelines
+from api.routes import (
+    admin,
+    deliveries,
+    files,
+    health,
+    jobs,
+    metrics,
+    outputs,
+    pipelines,
+)
 from omnijobs import __version__
 from omnijobs.admission import Admission, redis_for
 from omnijobs.artifacts.factory import make_connector
+from omnijobs.artifacts.values import StageValues
 from omnijobs.inputs import MediaInputs
 from omnijobs.pipelines import load_registry
 from omnijobs.settings import Settings, get_settings
@@ -35,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = JobStore(make_engine(settings.database_url), registry)
     app.state.celery = celery
     app.state.publisher = CeleryPublisher(celery)
+    app.state.values = StageValues(settings)
     app.state.media = MediaInputs(settings, FileStore(app.state.store.engine), make_connector(settings))
     engine = app.state.store.engine
     app.state.keys = KeyStore(engine)
@@ -46,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     auth.install(app)
     for module in (admin, metrics):
         app.include_router(module.router)
-    for module in (health, jobs, pipelines, deliveries, files):
+    for module in (health, jobs, outputs, pipelines, deliveries, files):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, exempt=("/v1/files",))
     return app

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from api.auth import authenticate, require_admin
 from omnijobs.admission import Admission
+from omnijobs.artifacts.values import StageValues
 from omnijobs.dispatch import Publisher
 from omnijobs.inputs import MediaInputs
 from omnijobs.pipelines import PipelineRegistry
@@ -32,6 +33,10 @@ def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def _values(request: Request) -> StageValues:
+    return request.app.state.values
+
+
 def _media(request: Request) -> MediaInputs:
     return request.app.state.media
 
@@ -46,7 +51,7 @@ RegistryDep = Annotated[PipelineRegistry, Depends(_registry)]
 PublisherDep = Annotated[Publisher, Depends(_publisher)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 BaseUrlDep = Annotated[str, Depends(_base_url)]
-MediaDep = Annotated[MediaInputs, Depends(_media)]
+ValuesDep = Annotated[StageValues, Depends(_values)]
 
 
 def _admission(request: Request) -> Admission:
@@ -57,3 +62,4 @@ AdmissionDep = Annotated[Admission, Depends(_admission)]
 # Who is calling (401 without a valid key), and the same for admin-only routes (403 for other keys).
 PrincipalDep = Annotated[Principal, Depends(authenticate)]
 AdminDep = Annotated[Principal, Depends(require_admin)]
+MediaDep = Annotated[MediaInputs, Depends(_media)]

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from omnijobs.artifacts.refs import is_ref
 from omnijobs.store.records import JobView, RunView
 
 
@@ -89,6 +90,29 @@ class JobList(BaseModel):
     next_cursor: str | None
 
 
+def _public_values(values: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Stored artifacts are shown by kind and size; their location is the service's business."""
+    if values is None:
+        return None
+    return {k: {f: v[f] for f in ("type", "content_type", "bytes") if f in v} if is_ref(v) else v
+            for k, v in values.items()}
+
+
+def _public_outputs(outputs: dict[str, Any] | None, job_url: str) -> dict[str, Any] | None:
+    """A job's file outputs as download links: {url, content_type, bytes}."""
+    if outputs is None:
+        return None
+    shown = {}
+    for name, value in outputs.items():
+        if is_ref(value):
+            shown[name] = {"url": f"{job_url}/outputs/{name}", "type": value.get("type"),
+                           "content_type": value.get("content_type"), "bytes": value.get("bytes"),
+                           **({"expired": True} if value.get("expired") else {})}
+        else:
+            shown[name] = value
+    return shown
+
+
 def _seconds(a: datetime | None, b: datetime | None) -> float | None:
     return round((b - a).total_seconds(), 4) if a and b else None
 
@@ -96,7 +120,7 @@ def _seconds(a: datetime | None, b: datetime | None) -> float | None:
 def stage_public(r: RunView) -> StagePublic:
     return StagePublic(
         id=str(r.id), name=r.stage, status=r.status, attempt=r.attempt, max_attempts=r.max_attempts, params=r.params,
-        inputs=r.inputs, outputs=r.outputs, error=r.error, errors=r.errors, progress=r.progress,
+        inputs=_public_values(r.inputs), outputs=_public_values(r.outputs), error=r.error, errors=r.errors, progress=r.progress,
         worker=r.worker, batch_id=r.batch_id, batch_size=r.batch_size, created_at=r.created_at,
         enqueued_at=r.enqueued_at, started_at=r.started_at, finished_at=r.finished_at,
         queue_wait_s=_seconds(r.enqueued_at or r.created_at, r.started_at), run_s=_seconds(r.started_at, r.finished_at),
@@ -105,11 +129,12 @@ def stage_public(r: RunView) -> StagePublic:
 
 def job_public(job: JobView, base_url: str) -> JobPublic:
     stages = [stage_public(r) for r in job.stages]
-    done = sum(1 for s in stages if s.status == "succeeded")
+    done = sum(1 for s in stages if s.status in ("succeeded", "skipped"))
     url = f"{base_url}/v1/jobs/{job.id}"
     return JobPublic(
-        id=str(job.id), pipeline=job.pipeline, status=job.status, priority=job.priority, inputs=job.inputs,
-        params=job.params, metadata=job.metadata, outputs=job.outputs, error=job.error, stages=stages,
+        id=str(job.id), pipeline=job.pipeline, status=job.status, priority=job.priority,
+        inputs=_public_values(job.inputs), params=job.params, metadata=job.metadata,
+        outputs=_public_outputs(job.outputs, url), error=job.error, stages=stages,
         progress={"stages_done": done, "stages_total": len(stages),
                   "fraction": round(done / len(stages), 4) if stages else 0.0},
         metrics={

@@ -42,6 +42,13 @@ class TooLarge(RequestError):
     code = "too_large"
 
 
+class Gone(RequestError):
+    """The thing existed but was deleted on purpose (an output past its retention)."""
+
+    status = 410
+    code = "gone"
+
+
 class Unauthorized(RequestError):
     status = 401
     code = "unauthorized"

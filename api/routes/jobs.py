@@ -20,8 +20,10 @@ from api.deps import (
     RegistryDep,
     SettingsDep,
     StoreDep,
+    ValuesDep,
 )
 from api.schemas import ErrorResponse, JobCreate, JobList, JobPublic, job_public
+from omnijobs.cancel import cancel_job
 from omnijobs.submit import submit
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -80,8 +82,9 @@ def get_job(job_id: str, store: StoreDep, base_url: BaseUrlDep, principal: Princ
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses=ERRORS)
-def cancel_job(job_id: str, store: StoreDep, base_url: BaseUrlDep, principal: PrincipalDep) -> JobPublic:
-    return job_public(store.cancel(job_id, owner=owner_scope(principal)), base_url)
+def cancel(job_id: str, store: StoreDep, values: ValuesDep, base_url: BaseUrlDep, principal: PrincipalDep
+           ) -> JobPublic:
+    return job_public(cancel_job(store, values, job_id, owner=owner_scope(principal)), base_url)
 
 
 @router.get("/{job_id}/events", responses=ERRORS, response_class=StreamingResponse)

@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from omnijobs import orchestrator
+from omnijobs.artifacts.refs import refs_in
 from omnijobs.errors import Conflict, InvalidInput, NotFound
 from omnijobs.messages import StageTask
 from omnijobs.pipelines import PipelineRegistry
@@ -246,6 +247,35 @@ class JobStore:
         if ids:
             with self._sessions.begin() as s:
                 s.execute(update(StageRun).where(StageRun.id.in_(ids)).values(enqueued_at=utcnow()))
+
+    def succeeded_attempt(self, run: ClaimedRun) -> bool:
+        """Whether this very attempt's result is the one recorded."""
+        with self._sessions() as s:
+            row = s.execute(select(StageRun.status, StageRun.attempt).where(StageRun.id == run.id)).one_or_none()
+        return row is not None and row.status == RunStatus.SUCCEEDED and row.attempt == run.attempt
+
+    def set_progress(self, run_id: uuid.UUID | str, progress: dict[str, Any]) -> None:
+        with self._sessions.begin() as s:
+            s.execute(
+                update(StageRun).where(StageRun.id == _uuid(run_id), StageRun.status == RunStatus.RUNNING)
+                .values(progress=json_safe(progress))
+            )
+
+    # ---------------------------------------------------------------- artifacts
+
+    def finished_among(self, job_ids: Iterable[uuid.UUID]) -> list[uuid.UUID]:
+        with self._sessions() as s:
+            return list(s.scalars(select(Job.id).where(Job.id.in_(list(job_ids)), Job.status.in_(list(FINAL_JOB)))))
+
+    def intermediate_refs(self, job_id: uuid.UUID) -> list[dict]:
+        """Artifact references of a finished job's stage outputs that are not its final outputs."""
+        with self._sessions() as s:
+            job = s.get(Job, job_id)
+            if job is None or JobStatus(job.status) not in FINAL_JOB:
+                return []
+            kept = {ref["artifact"] for ref in refs_in(job.outputs)}
+            rows = s.scalars(select(StageRun.outputs).where(StageRun.job_id == job_id))
+            return [ref for outputs in rows for ref in refs_in(outputs) if ref["artifact"] not in kept]
 
     # ---------------------------------------------------------------- cancel
 
