@@ -18,6 +18,10 @@ def clean_finished_jobs(store, values, job_ids: Iterable) -> int:
     for job_id in store.finished_among(set(job_ids)):
         try:
             removed += values.delete(store.intermediate_refs(job_id))
+            if values.transit.scheme == "shm":
+                # Shared memory holds nothing final, so every segment of the job can go, including
+                # one a killed worker wrote but never recorded.
+                removed += values.transit.delete_prefix(str(job_id))
         except Exception:  # never fail the caller's real work over cleanup
             log.exception("could not clean up the artifacts of job %s", job_id)
     return removed

@@ -28,16 +28,19 @@ def check_url(url: str, *, field: str, allowed_hosts: frozenset[str] = frozenset
     127.0.0.1). Every address the name resolves to must be public, so a name with one public and
     one private address is refused.
     """
-    parsed = urlparse(url)
+    try:
+        parsed = urlparse(url)
+        host, port = parsed.hostname, parsed.port
+    except ValueError as exc:  # a malformed IPv6 literal or port
+        raise InvalidInput(f"URL is malformed: {exc}", field=field) from None
     if parsed.scheme not in schemes:
         raise InvalidInput(f"URL scheme must be one of {', '.join(schemes)}", field=field)
-    host = parsed.hostname
     if not host:
         raise InvalidInput("URL has no host", field=field)
     if host in allowed_hosts:
         return url
     try:
-        infos = socket.getaddrinfo(host, parsed.port or (443 if parsed.scheme == "https" else 80),
+        infos = socket.getaddrinfo(host, port or (443 if parsed.scheme == "https" else 80),
                                    proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError) as exc:
         raise InvalidInput(f"URL host '{host}' does not resolve", field=field) from exc

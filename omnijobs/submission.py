@@ -106,6 +106,8 @@ def _check_param(spec: PipelineSpec, stage: str, name: str, value: Any, field: s
             raise InvalidInput(f"param must be >= {_num(param.min)}, got {value}", field=field)
         if param.max is not None and value > param.max:
             raise InvalidInput(f"param must be <= {_num(param.max)}, got {value}", field=field)
+        if param.multiple_of is not None and value % param.multiple_of:
+            raise InvalidInput(f"param must be a multiple of {param.multiple_of}, got {value}", field=field)
     return value
 
 

@@ -25,8 +25,16 @@ from api.admin_schemas import (
     worker_public,
 )
 from api.auth import require_admin
-from api.deps import AdminDep, BaseUrlDep, PublisherDep, SettingsDep, StoreDep
+from api.deps import (
+    AdminDep,
+    BaseUrlDep,
+    PublisherDep,
+    SettingsDep,
+    StoreDep,
+    ValuesDep,
+)
 from api.schemas import ErrorResponse, JobPublic, job_public
+from omnijobs.cancel import cancel_job
 from omnijobs.errors import Conflict, NotFound
 from omnijobs.monitor import queue_overview
 from omnijobs.store.failures import attempts, retry_job
@@ -108,8 +116,8 @@ def retry(job_id: str, store: StoreDep, publisher: PublisherDep, base_url: BaseU
 
 
 @router.post("/api/jobs/{job_id}/cancel", response_model=JobPublic)
-def cancel(job_id: str, store: StoreDep, base_url: BaseUrlDep) -> JobPublic:
-    return job_public(store.cancel(job_id), base_url)
+def cancel(job_id: str, store: StoreDep, values: ValuesDep, base_url: BaseUrlDep) -> JobPublic:
+    return job_public(cancel_job(store, values, job_id), base_url)
 
 
 @router.get("/api/keys", response_model=KeyList)

@@ -37,6 +37,8 @@ class ParamSpec(_Frozen):
     min: float | None = None
     max: float | None = None
     choices: list[Any] | None = None
+    # Image and video sizes must divide into the model's patches (e.g. 16 pixels).
+    multiple_of: int | None = Field(default=None, gt=0)
     nullable: bool = False
 
     @model_validator(mode="before")

@@ -323,3 +323,11 @@ def test_reject_nul_in_key():
 def test_reject_nul_with_field_prefix():
     assert invalid(reject_nul, ["a", "\x00"], "inputs.ids").field == "inputs.ids.1"
     assert invalid(reject_nul, "\x00").field is None
+
+
+def test_sizes_must_divide_into_patches():
+    qwen_image = load_file(BUILTIN_DIR / "qwen_image.yaml")
+    assert validate_params(qwen_image, {"height": 48, "width": 64})
+    with pytest.raises(InvalidInput, match="multiple of 16") as info:
+        validate_params(qwen_image, {"width": 40})
+    assert info.value.field.endswith("width")
