@@ -74,6 +74,15 @@ def _wait_ready(endpoint: str, deadline_s: float = START_TIMEOUT_S) -> None:
             time.sleep(0.1)
 
 
+def artifact_env(kind: str, server: S3Server, bucket: str) -> dict[str, str]:
+    """The environment that makes OmniJobs processes keep their artifacts in `kind` (s3: this server)."""
+    env = {"OMNIJOBS_ARTIFACTS": kind}
+    if kind == "s3":
+        env.update(OMNIJOBS_S3_ENDPOINT_URL=server.endpoint, OMNIJOBS_S3_ACCESS_KEY=server.access_key,
+                   OMNIJOBS_S3_SECRET_KEY=server.secret_key, OMNIJOBS_S3_BUCKET=bucket)
+    return env
+
+
 @contextmanager
 def run_s3_server(tmp_path: Path) -> Iterator[S3Server]:
     weed = weed_binary()

@@ -12,18 +12,15 @@ import pytest
 
 from tests.cluster import Cluster, wait_job
 from tests.conftest import ARTIFACTS
-from tests.s3server import run_s3_server
+from tests.s3server import artifact_env, run_s3_server
 
 STAGES = ["relay.make", "relay.voice"]
 
 
 @pytest.fixture(scope="module", params=["shm", "s3"])
 def relay(request, settings_env, tmp_path_factory):
-    env = {**settings_env, "OMNIJOBS_ARTIFACTS": request.param}
     with run_s3_server(tmp_path_factory.mktemp("s3")) as s3:
-        if request.param == "s3":
-            env.update(OMNIJOBS_S3_ENDPOINT_URL=s3.endpoint, OMNIJOBS_S3_ACCESS_KEY=s3.access_key,
-                       OMNIJOBS_S3_SECRET_KEY=s3.secret_key, OMNIJOBS_S3_BUCKET=f"relay-{uuid.uuid4().hex[:8]}")
+        env = {**settings_env, **artifact_env(request.param, s3, f"relay-{uuid.uuid4().hex[:8]}")}
         c = Cluster(env, ARTIFACTS / f"e2e-logs-relay-{request.param}")
         try:
             started = [c.start_worker(stage) for stage in STAGES]
@@ -35,7 +32,7 @@ def relay(request, settings_env, tmp_path_factory):
             c.stop()
 
 
-def _leftovers(kind: str, env: dict, job_id: str) -> list[str]:
+def _leftovers(kind: str, env: dict, job_id: str, intermediates: tuple[str, ...] = ("make/features",)) -> list[str]:
     """What the job still holds in the transit store (shared memory segments or S3 keys)."""
     if kind == "shm":
         from omnijobs.artifacts.shm import ShmConnector
@@ -45,12 +42,12 @@ def _leftovers(kind: str, env: dict, job_id: str) -> list[str]:
                       aws_access_key_id=env["OMNIJOBS_S3_ACCESS_KEY"],
                       aws_secret_access_key=env["OMNIJOBS_S3_SECRET_KEY"])
     listed = s3.list_objects_v2(Bucket=env["OMNIJOBS_S3_BUCKET"], Prefix=f"{job_id}/")
-    return [o["Key"] for o in listed.get("Contents", []) if "/make/features" in o["Key"]]
+    return [o["Key"] for o in listed.get("Contents", []) if any(f"/{i}-" in o["Key"] for i in intermediates)]
 
 
-def _eventually_empty(kind, env, job_id, timeout=10.0) -> list[str]:
+def _eventually_empty(kind, env, job_id, timeout=10.0, intermediates=("make/features",)) -> list[str]:
     deadline = time.monotonic() + timeout
-    while (left := _leftovers(kind, env, job_id)) and time.monotonic() < deadline:
+    while (left := _leftovers(kind, env, job_id, intermediates)) and time.monotonic() < deadline:
         time.sleep(0.2)
     return left
 
