@@ -37,6 +37,18 @@ def require_redis() -> redis.Redis:
     return client
 
 
+def spare_redis_url(offset: int) -> str:
+    """Another Redis db beside the session's, emptied, for a cluster whose queues must be its own.
+
+    Clusters that share a Redis db also share queue names: a worker of one would take (and drop,
+    finding no such run in its database) the messages of another.
+    """
+    url = redis.connection.parse_url(REDIS_URL)
+    spare = REDIS_URL.rsplit("/", 1)[0] + f"/{(int(url.get('db', 0)) + offset) % 16}"
+    redis.Redis.from_url(spare).flushdb()
+    return spare
+
+
 def create_database(admin: sa.Engine) -> str:
     name = f"omnijobs_test_{uuid.uuid4().hex[:10]}"
     with admin.connect() as conn:

@@ -37,7 +37,7 @@ from tests.integration.test_compose_file import (
 )
 from tests.procs import stop_all
 from tests.s3server import run_s3_server
-from tests.services import REDIS_URL, require_postgres
+from tests.services import require_postgres, spare_redis_url
 
 # One pipeline keeps the test short; stage hand-offs between workers are covered by the e2e tests.
 PIPELINES = ("chat",)
@@ -117,7 +117,7 @@ def stack(tmp_path_factory, pg_role, redis_url, models_dir):
         hosts = HostMap(
             {"postgres:5432": f"{pg.host}:{pg.port or 5432}", "redis:6379": urlsplit(redis_url).netloc,
              "s3:9000": urlsplit(s3.endpoint).netloc},
-            redis_db=urlsplit(REDIS_URL).path.lstrip("/") or "0",
+            redis_db=urlsplit(spare_redis_url(1)).path.lstrip("/"),
             paths={"/models": str(models_dir)},
         )
         bucket = services["api"]["environment"]["OMNIJOBS_S3_BUCKET"]

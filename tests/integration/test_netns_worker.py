@@ -26,6 +26,7 @@ from tests.cluster import REPO, Cluster, wait_job
 from tests.conftest import ARTIFACTS
 from tests.procs import stop_all
 from tests.s3server import run_s3_server
+from tests.services import spare_redis_url
 
 REMOTE_HOST = "remote-host"
 
@@ -141,7 +142,7 @@ def two_hosts(settings_env, tmp_path_factory):
         bucket = f"omnijobs-netns-{uuid.uuid4().hex[:6]}"
         boto3.client("s3", endpoint_url=s3.endpoint, aws_access_key_id=s3.access_key,
                      aws_secret_access_key=s3.secret_key, region_name="us-east-1").create_bucket(Bucket=bucket)
-        env = {**settings_env, "OMNIJOBS_ARTIFACTS": "s3", "OMNIJOBS_S3_ENDPOINT_URL": s3.endpoint,
+        env = {**settings_env, "OMNIJOBS_BROKER_URL": spare_redis_url(2), "OMNIJOBS_ARTIFACTS": "s3", "OMNIJOBS_S3_ENDPOINT_URL": s3.endpoint,
                "OMNIJOBS_S3_BUCKET": bucket, "OMNIJOBS_S3_ACCESS_KEY": s3.access_key,
                "OMNIJOBS_S3_SECRET_KEY": s3.secret_key, "OMNIJOBS_INLINE_MAX_BYTES": "0"}
         forwarder = Forwarder(root_ip)
@@ -228,7 +229,8 @@ def test_a_shared_memory_reference_from_this_host_fails_clearly_on_the_other(two
     here = socket.gethostname()
     ref = {**make_ref(f"shm://omnijobs-{job.id.hex[:8]}", "json", "application/json", 10), "host": here}
     tasks = store.complete(claim, {"text": ref})
-    CeleryPublisher(make_celery(settings)).publish(tasks)
+    broker = settings.model_copy(update={"broker_url": cluster.env["OMNIJOBS_BROKER_URL"]})
+    CeleryPublisher(make_celery(broker)).publish(tasks)
     with cluster.client() as client:
         view = wait_job(client, str(job.id), timeout=60)
     assert view["status"] == "failed", view

@@ -169,7 +169,25 @@ def test_manual_redelivery_keeps_the_id(store, sender, receiver):
     assert deliveries(store, job_id)[0].attempts == 2
 
 
-def test_retention_deletes_artifacts_and_keeps_the_row(store, settings, tmp_path):
+@pytest.fixture
+def own_store(store):
+    """A database of its own: a retention sweep covers every finished job of its database."""
+    from omnijobs.store.db import make_engine
+    from omnijobs.store.jobs import JobStore
+    from omnijobs.store.migrate import upgrade
+    from tests.services import create_database, drop_database, require_postgres
+
+    admin = require_postgres()
+    url = create_database(admin)
+    upgrade(url)
+    own = JobStore(make_engine(url), store.pipelines)
+    yield own
+    own.engine.dispose()
+    drop_database(admin, url)
+
+
+def test_retention_deletes_artifacts_and_keeps_the_row(own_store, settings, tmp_path):
+    store = own_store
     cfg = settings.model_copy(update={"artifacts": "file", "artifacts_dir": tmp_path, "retention_s": 60.0})
     files = FileConnector(tmp_path)
     job, (task,), _ = store.create_job(store.pipelines.get("echo"), {"prompt": "keep"}, {})
