@@ -8,9 +8,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 ACCESS_KEY = "omnijobs-test"
 SECRET_KEY = "omnijobs-test-secret-0123456789"
