@@ -18,7 +18,7 @@ from omnijobs.artifacts.values import StageValues
 from omnijobs.cleanup import clean_finished_jobs
 from omnijobs.dispatch import Publisher, dispatch
 from omnijobs.engines.base import Engine, StageRequest
-from omnijobs.errors import EngineDead, RetryableStageError
+from omnijobs.errors import EngineDead, RetryableStageError, StageError
 from omnijobs.pipelines import graph
 from omnijobs.pipelines.spec import PipelineSpec
 from omnijobs.retry import RetryPolicy, error_record
@@ -142,7 +142,9 @@ class StageRunner:
                 self._record(run, result)
             except Exception as exc:  # one row's bad output must not strand the others
                 log.exception("could not record run %s", run.id)
-                result = RetryableStageError(f"could not record the result: {type(exc).__name__}: {exc}")
+                # An output of the wrong type stays fatal; a store or database hiccup is worth a retry.
+                result = exc if isinstance(exc, StageError) else RetryableStageError(
+                    f"could not record the result: {type(exc).__name__}: {exc}")
                 self._record_failure(run, result)
             if isinstance(result, BaseException):
                 report.failed += 1
