@@ -21,14 +21,14 @@ from transformers import (
 from omnijobs.engines.base import Engine, Media, RowResult, StageRequest
 from omnijobs.engines.loading import check_complete
 from omnijobs.engines.media_features import decode_image, decode_wav
-from omnijobs.engines.torch_runtime import torch_device
-from omnijobs.engines.transformers_lm import (
-    _cut,
-    _RowSampler,
-    _RowStop,
-    _sampling_row,
-    _stop_ids,
+from omnijobs.engines.sampling import (
+    RowSampler,
+    RowStop,
+    cut_at_stop,
+    sampling_row,
+    stop_token_ids,
 )
+from omnijobs.engines.torch_runtime import torch_device
 from omnijobs.errors import EngineDead, FatalStageError
 
 AUDIO_RATE = 16000
@@ -62,7 +62,7 @@ class MultimodalLMEngine(Engine):
         self.model = model.to(self.device).eval()
         self.ids = {name: self._token_id(token) for name, token in self.tokens.items()}
         self.im_start, self.im_end = self._token_id("<|im_start|>"), self._token_id("<|im_end|>")
-        self.stop_ids = sorted(_stop_ids(self.tokenizer, model) | {self.im_end})
+        self.stop_ids = sorted(stop_token_ids(self.tokenizer, model) | {self.im_end})
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.im_end
         handoff_file = path / "handoff.json"
         self.handoff_tokens = json.loads(handoff_file.read_text())["embed_tokens"] if handoff_file.exists() else {}
@@ -130,7 +130,7 @@ class MultimodalLMEngine(Engine):
         for i, req in enumerate(batch):
             try:
                 row = self._row(req)
-                samp = _sampling_row(req)
+                samp = sampling_row(req)
                 if max_pos and len(row["ids"]) + samp["max_tokens"] > max_pos:
                     raise FatalStageError(f"prompt of {len(row['ids'])} tokens + max_tokens {samp['max_tokens']} "
                                           f"exceeds the model's {max_pos} positions")
@@ -153,14 +153,14 @@ class MultimodalLMEngine(Engine):
                     pad_token_id=self.pad_id, eos_token_id=self.stop_ids,
                     output_hidden_states=handoff, return_dict_in_generate=True,
                 ),
-                logits_processor=LogitsProcessorList([_RowSampler(sampling, self.stop_ids)]),
-                stopping_criteria=StoppingCriteriaList([_RowStop(
+                logits_processor=LogitsProcessorList([RowSampler(sampling, self.stop_ids)]),
+                stopping_criteria=StoppingCriteriaList([RowStop(
                     prompt_len, [s["max_tokens"] for s in sampling], [batch[i].run_id for i in live],
                     self.ctx.should_stop)]),
             )
         for j, i in enumerate(live):
             drawn = out.sequences[j, prompt_len:].tolist()[: sampling[j]["max_tokens"]]
-            tokens = _cut(drawn, sampling[j]["max_tokens"], set(self.stop_ids))
+            tokens = cut_at_stop(drawn, sampling[j]["max_tokens"], set(self.stop_ids))
             result = {
                 "text": self.tokenizer.decode(tokens, skip_special_tokens=True),
                 "token_ids": tokens,

@@ -18,9 +18,9 @@ from omnijobs.engines.media_features import encode_wav
 from omnijobs.engines.multimodal_lm import MultimodalLMEngine
 from omnijobs.engines.omni_glue import qwen3_talker_row
 from omnijobs.engines.qwen_omni import _bundle, _load
+from omnijobs.engines.sampling import RowSampler, RowStop
 from omnijobs.engines.talker import MinCodes, collate, talker_sampling
 from omnijobs.engines.torch_runtime import torch_device
-from omnijobs.engines.transformers_lm import _RowSampler, _RowStop
 from omnijobs.errors import FatalStageError
 
 OUTPUT_RATE = 24000
@@ -92,9 +92,9 @@ class Qwen3OmniTalkerEngine(Engine):
                 output_hidden_states=True, return_dict_in_generate=True,
                 logits_processor=LogitsProcessorList([
                     MinCodes(0, [s["min_tokens"] for s in sampling], self.eos_ids),
-                    _RowSampler(sampling, self.eos_ids),
+                    RowSampler(sampling, self.eos_ids),
                 ]),
-                stopping_criteria=StoppingCriteriaList([_RowStop(
+                stopping_criteria=StoppingCriteriaList([RowStop(
                     0, [s["max_tokens"] for s in sampling], [batch[i].run_id for i in live], self.ctx.should_stop)]),
                 **extra,
             )

@@ -18,9 +18,9 @@ from omnijobs.engines.loading import check_complete
 from omnijobs.engines.media_features import encode_wav
 from omnijobs.engines.multimodal_lm import MultimodalLMEngine
 from omnijobs.engines.omni_glue import qwen2_5_talker_row
+from omnijobs.engines.sampling import RowSampler, RowStop
 from omnijobs.engines.talker import MinCodes, collate, talker_sampling
 from omnijobs.engines.torch_runtime import torch_device
-from omnijobs.engines.transformers_lm import _RowSampler, _RowStop
 from omnijobs.errors import EngineDead, FatalStageError
 
 OUTPUT_RATE = 24000
@@ -89,9 +89,9 @@ class Qwen2_5OmniTalkerEngine(Engine):
                 suppress_tokens=[m.codec_bos_token, m.codec_mask_token],
                 logits_processor=LogitsProcessorList([
                     MinCodes(prompt_len, [s["min_tokens"] for s in sampling], self.eos_ids),
-                    _RowSampler(sampling, self.eos_ids),
+                    RowSampler(sampling, self.eos_ids),
                 ]),
-                stopping_criteria=StoppingCriteriaList([_RowStop(
+                stopping_criteria=StoppingCriteriaList([RowStop(
                     prompt_len, [s["max_tokens"] for s in sampling], [batch[i].run_id for i in live],
                     self.ctx.should_stop)]),
                 **extra,

@@ -9,7 +9,7 @@ from transformers import LogitsProcessor
 
 from omnijobs.engines.base import StageRequest
 from omnijobs.engines.omni_glue import TalkerRow
-from omnijobs.engines.transformers_lm import _sampling_row
+from omnijobs.engines.sampling import sampling_row
 from omnijobs.errors import FatalStageError
 
 
@@ -62,7 +62,7 @@ def collate(rows: list[TalkerRow], codec_pad: int, device: str) -> dict[str, tor
 def talker_sampling(run_id: str, params: dict[str, Any]) -> dict[str, Any]:
     """Per-row sampling state, as the LM engine keeps it, plus the row's minimum number of codes."""
     defaults = {"max_tokens": 64, "temperature": 0.9, "top_p": 0.8, "seed": None}
-    row = _sampling_row(StageRequest(run_id, {}, {**defaults, **{k: v for k, v in params.items() if k in defaults}}))
+    row = sampling_row(StageRequest(run_id, {}, {**defaults, **{k: v for k, v in params.items() if k in defaults}}))
     row["min_tokens"] = int(params.get("min_tokens", 1))
     if row["min_tokens"] > row["max_tokens"]:
         raise FatalStageError(f"min_tokens {row['min_tokens']} exceeds max_tokens {row['max_tokens']}")
