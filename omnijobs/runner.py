@@ -122,7 +122,7 @@ class StageRunner:
         started = time.monotonic()
         with _Heartbeat(self, [c.id for c in claimed]):
             loaded, results = self._load_inputs(claimed)
-            requests = [StageRequest(str(c.id), inputs, c.params) for c, inputs in loaded]
+            requests = [StageRequest(str(c.id), inputs, c.params, str(c.job_id)) for c, inputs in loaded]
             if requests:
                 try:
                     ran = self.engine.run(requests)

@@ -18,6 +18,8 @@ class StageRequest:
     run_id: str
     inputs: dict[str, Any]
     params: dict[str, Any]
+    # The job the run belongs to: per-job channels (token deltas, stream chunks) are keyed by it.
+    job_id: str = ""
 
 
 @dataclass(frozen=True)
