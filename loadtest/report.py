@@ -98,3 +98,29 @@ def baseline_metrics(started: float, ends: list[float]) -> dict[str, float]:
     wall = max(ends) - started
     return {"wall_s": wall, "jobs_per_s": len(ends) / wall, "jct_mean_s": statistics.fmean(jct),
             "jct_p50_s": percentile(jct, 0.5), "jct_p99_s": percentile(jct, 0.99)}
+
+
+def configure_baseline_threads(threads: int) -> None:
+    """The baseline's torch threads; the stack's workers run OMNIJOBS_TORCH_THREADS=1 each."""
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def burst_table(title: str, baseline: str, base: list[dict], omni: list[dict], work: str | None = None) -> Table:
+    """Throughput and JCT rows of a burst benchmark; `work` names an extra rate (e.g. "tokens/s")."""
+    table = Table(title, baseline)
+    table.add("throughput (jobs/s)", [b["jobs_per_s"] for b in base], [o["jobs_per_s"] for o in omni], 3)
+    if work:
+        table.add(work, [b["work_per_s"] for b in base], [o["work_per_s"] for o in omni], 1)
+    for key, label in (("jct_mean_s", "mean JCT (s)"), ("jct_p50_s", "p50 JCT (s)"), ("jct_p99_s", "p99 JCT (s)")):
+        table.add(label, [b[key] for b in base], [o[key] for o in omni], 2)
+    table.add("wall time of the burst (s)", [b["wall_s"] for b in base], [o["wall_s"] for o in omni], 1)
+    return table
+
+
+def add_cpu_rows(table: Table, omni: list[dict], stages: list[str]) -> None:
+    """Each worker's CPU seconds per job (OmniJobs only): where the machine's time went."""
+    for stage in stages:
+        table.add(f"worker CPU per job, {stage} (s)", None, [o["cpu_per_job"][stage] for o in omni], 3, ratio=False)
