@@ -29,6 +29,7 @@ from omnijobs.store.jobs import JobStore
 from omnijobs.store.keys import KeyStore
 from omnijobs.store.stats import MonitorQueries, StatsStore
 from omnijobs.store.workers import WorkerRegistry
+from omnijobs.streaming import ChannelConfig, JobFollower
 from workers.celery_app import make_celery
 from workers.publisher import CeleryPublisher
 
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.workers = WorkerRegistry(engine)
     app.state.stats = StatsStore(engine)
     app.state.monitor = MonitorQueries(engine)
+    app.state.follower = JobFollower(app.state.store, ChannelConfig.from_settings(settings), settings.events_poll_s)
     errors.install(app)
     auth.install(app)
     for module in (admin, metrics):

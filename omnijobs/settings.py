@@ -94,6 +94,20 @@ class Settings(BaseSettings):
     # A rotated webhook secret keeps signing-verification valid this long.
     webhook_secret_grace_s: float = 24 * 3600
 
+    # Per-job event channel (a Redis stream on the broker's Redis; none with other brokers): entries
+    # kept per job, expiry after the last write and after the job's end, and how often a follower
+    # re-reads the store when the channel stays quiet.
+    stream_maxlen: int = 10_000
+    stream_ttl_s: int = 3600
+    stream_ended_ttl_s: int = 300
+    events_poll_s: float = 2.0
+    # `Prefer: wait=N` on POST /v1/jobs holds the answer at most this long.
+    prefer_wait_max_s: float = 60.0
+    # OpenAI-compatible routes: how long a synchronous request waits for its job (then an error naming
+    # the job, which goes on), and whether a client that disconnects cancels its job.
+    openai_wait_s: float = 600.0
+    openai_cancel_on_disconnect: bool = True
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -58,6 +58,7 @@ def build_runner(settings: Settings, registry, spec, stage_name: str, device: st
     from omnijobs.engines.torch_runtime import configure_threads
     from omnijobs.retry import RetryPolicy
     from omnijobs.runner import CancelFlags, ProgressReporter, StageRunner
+    from omnijobs.streaming import delta_sink
     from omnijobs.store.db import make_engine
     from omnijobs.store.jobs import JobStore
 
@@ -66,7 +67,8 @@ def build_runner(settings: Settings, registry, spec, stage_name: str, device: st
     flags = CancelFlags()
     store = JobStore(make_engine(settings.database_url, pool_size=2), registry)
     engine = create_engine(spec.stage(stage_name), device, settings.models_dir, should_stop=flags.should_stop,
-                           report_progress=ProgressReporter(store).report)
+                           report_progress=ProgressReporter(store).report,
+                           emit_delta=delta_sink(settings, stage_name))
     engine.load()
     return StageRunner(
         spec, stage_name, engine, store, publisher, worker_name,

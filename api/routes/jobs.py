@@ -1,16 +1,16 @@
-"""/v1/jobs: submit, read, list, cancel, follow."""
+"""/v1/jobs: submit (optionally waiting), read, list, cancel, follow."""
 
 from __future__ import annotations
 
-import asyncio
-import json
+from collections.abc import AsyncIterable
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import StreamingResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from api.auth import owner_scope
+from api.follow import RETRY_MS, FollowerDep, prefer_wait
 from api.deps import (
     AdmissionDep,
     BaseUrlDep,
@@ -24,6 +24,10 @@ from api.deps import (
 )
 from api.schemas import ErrorResponse, JobCreate, JobList, JobPublic, job_public
 from omnijobs.cancel import cancel_job
+from omnijobs.store.records import JobView
+from omnijobs.streaming.follow import FINAL
+from omnijobs.pipelines.spec import NAME_PATTERN
+from omnijobs.submission import check_metadata
 from omnijobs.submit import submit
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -34,8 +38,9 @@ SUBMIT_ERRORS = {**ERRORS, 429: {"model": ErrorResponse}}
 StatusFilter = Literal["queued", "running", "succeeded", "failed", "canceled"]
 
 
-@router.post("", status_code=202, response_model=JobPublic, responses=SUBMIT_ERRORS)
-def create_job(
+@router.post("", status_code=202, response_model=JobPublic,
+             responses={**SUBMIT_ERRORS, 200: {"model": JobPublic, "description": "finished within `Prefer: wait`"}})
+async def create_job(
     body: JobCreate,
     response: Response,
     store: StoreDep,
@@ -46,18 +51,29 @@ def create_job(
     media: MediaDep,
     principal: PrincipalDep,
     admission: AdmissionDep,
+    follower: FollowerDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    prefer: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JobPublic:
-    admission.check(principal.id, registry.get(body.pipeline))
-    job, created = submit(
+    """202 with the queued job; with `Prefer: wait=N`, 200 with the finished job if it ends within N s."""
+    check_metadata(body.metadata, settings.metadata_max_bytes)
+    await run_in_threadpool(admission.check, principal.id, registry.get(body.pipeline))
+    job, created = await run_in_threadpool(lambda: submit(
         store, registry, publisher, pipeline=body.pipeline, inputs=body.inputs, params=body.params,
         priority=body.priority, metadata=body.metadata, idempotency_key=idempotency_key, media=media,
         webhook=body.webhook, webhook_events_filter=body.webhook_events_filter,
         allowed_hosts=settings.private_hosts_allowed, owner=principal.id,
-    )
+    ))
     response.headers["Location"] = f"{base_url}/v1/jobs/{job.id}"
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
+    wait_s = prefer_wait(prefer)
+    if wait_s is not None:
+        wait_s = min(wait_s, settings.prefer_wait_max_s)
+        response.headers["Preference-Applied"] = f"wait={wait_s:g}"
+        job = await follower.wait(str(job.id), wait_s)
+        if job.status in FINAL:
+            response.status_code = 200
     return job_public(job, base_url)
 
 
@@ -67,7 +83,7 @@ def list_jobs(
     base_url: BaseUrlDep,
     principal: PrincipalDep,
     status: StatusFilter | None = None,
-    pipeline: Annotated[str | None, Query(max_length=64)] = None,
+    pipeline: Annotated[str | None, Query(max_length=64, pattern=NAME_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> JobList:
@@ -87,31 +103,26 @@ def cancel(job_id: str, store: StoreDep, values: ValuesDep, base_url: BaseUrlDep
     return job_public(cancel_job(store, values, job_id, owner=owner_scope(principal)), base_url)
 
 
-@router.get("/{job_id}/events", responses=ERRORS, response_class=StreamingResponse)
-async def job_events(job_id: str, store: StoreDep, base_url: BaseUrlDep, principal: PrincipalDep
-                     ) -> StreamingResponse:
-    """Server-Sent Events: `status` when the job changes state, `stage` when a stage does, then `end`."""
-    first = await run_in_threadpool(store.get_job, job_id, owner_scope(principal))  # 404 before the stream starts
-
-    async def stream():
-        job, seen_status, seen_stages = first, None, {}
-        while True:
-            if job.status != seen_status:
-                seen_status = job.status
-                yield _sse("status", {"id": str(job.id), "status": job.status})
-            for run in job.stages:
-                state = (run.status, json.dumps(run.progress, sort_keys=True))
-                if seen_stages.get(run.stage) != state:
-                    seen_stages[run.stage] = state
-                    yield _sse("stage", {"stage": run.stage, "status": run.status, "progress": run.progress})
-            if job.status in ("succeeded", "failed", "canceled"):
-                yield _sse("end", job_public(job, base_url).model_dump(mode="json"))
-                return
-            await asyncio.sleep(0.5)
-            job = await run_in_threadpool(store.get_job, job_id)
-
-    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+async def _owned_job(job_id: str, store: StoreDep, principal: PrincipalDep):
+    # Read before the stream starts, so an unknown (or another key's) job is a plain 404.
+    return await run_in_threadpool(store.get_job, job_id, owner_scope(principal))
 
 
-def _sse(event: str, data: dict) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+@router.get("/{job_id}/events", responses=ERRORS, response_class=EventSourceResponse)
+async def job_events(
+    job: Annotated[JobView, Depends(_owned_job)],
+    follower: FollowerDep,
+    base_url: BaseUrlDep,
+    last_event_id: Annotated[str | None, Header(max_length=64)] = None,
+) -> AsyncIterable[ServerSentEvent]:
+    """Server-Sent Events: `status` when the job changes state, `stage` when a stage does, `delta`
+    as a stage generates (text and token ids), then `end` with the job.
+
+    Each event's `id` is its position on the job's channel: reconnect with `Last-Event-ID` to get
+    the deltas after it (and the current state again). Idle streams carry keep-alive comments.
+    """
+    retry: int | None = RETRY_MS
+    async for event in follower.follow(str(job.id), after=last_event_id):
+        data = job_public(event.job, base_url).model_dump(mode="json") if event.type == "end" else event.data
+        yield ServerSentEvent(event=event.type, data=data, id=event.id, retry=retry)
+        retry = None

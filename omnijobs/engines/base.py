@@ -43,6 +43,10 @@ def _no_progress(run_id: str, progress: dict[str, Any]) -> None:
     return None
 
 
+def _no_deltas(rows: list[tuple[StageRequest, dict[str, Any]]]) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class EngineContext:
     stage: StageSpec
@@ -52,6 +56,10 @@ class EngineContext:
     should_stop: Callable[[str], bool] = lambda run_id: False
     # Called with e.g. {"step": 3, "steps": 20}; shown in the job's stage while the batch runs.
     report_progress: Callable[[str, dict[str, Any]], None] = _no_progress
+    # Called once per generation step with one (request, delta) pair per row that produced output,
+    # e.g. {"text": " wor", "token_ids": [1917]}: published on the job's event channel. A row's
+    # deltas join to the text its result carries.
+    emit_delta: Callable[[list[tuple[StageRequest, dict[str, Any]]]], None] = _no_deltas
 
 
 class Engine(ABC):

@@ -31,7 +31,7 @@ ENGINE_KINDS: dict[str, EngineKind] = {
             name="transformers_lm",
             impl="omnijobs.engines.transformers_lm:TransformersLMEngine",
             extra="transformers",
-            inputs={"prompt": "text", "system": "text?"},
+            inputs={"prompt": "text", "system": "text?", "history": "json?"},
             outputs={"text": "text", "token_ids": "tokens", "usage": "json"},
         ),
         # Omni models split into thinker → talker → code2wav; `hidden` carries the thinker's states.

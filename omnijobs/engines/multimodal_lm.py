@@ -19,6 +19,7 @@ from transformers import (
 )
 
 from omnijobs.engines.base import Engine, Media, RowResult, StageRequest
+from omnijobs.engines.deltas import step_deltas
 from omnijobs.engines.loading import check_complete
 from omnijobs.engines.media_features import decode_image, decode_wav
 from omnijobs.engines.sampling import (
@@ -143,6 +144,8 @@ class MultimodalLMEngine(Engine):
         if not live:
             return results
         handoff = self.handoff and any(_wants_audio(batch[i]) for i in live)
+        deltas = step_deltas(self.ctx, [batch[i] for i in live], [s["max_tokens"] for s in sampling], self.stop_ids,
+                             self._decode)
         with torch.no_grad():
             enc = self._collate(rows)
             prompt_len = enc["input_ids"].shape[1]
@@ -156,13 +159,15 @@ class MultimodalLMEngine(Engine):
                 logits_processor=LogitsProcessorList([RowSampler(sampling, self.stop_ids)]),
                 stopping_criteria=StoppingCriteriaList([RowStop(
                     prompt_len, [s["max_tokens"] for s in sampling], [batch[i].run_id for i in live],
-                    self.ctx.should_stop)]),
+                    self.ctx.should_stop), *([deltas] if deltas else [])]),
             )
+        finished = []
         for j, i in enumerate(live):
             drawn = out.sequences[j, prompt_len:].tolist()[: sampling[j]["max_tokens"]]
             tokens = cut_at_stop(drawn, sampling[j]["max_tokens"], set(self.stop_ids))
+            finished.append((j, tokens, self._decode(tokens)))
             result = {
-                "text": self.tokenizer.decode(tokens, skip_special_tokens=True),
+                "text": finished[-1][2],
                 "token_ids": tokens,
                 "usage": {"prompt_tokens": len(rows[j]["ids"]), "completion_tokens": len(tokens)},
             }
@@ -172,7 +177,12 @@ class MultimodalLMEngine(Engine):
                 n_reply = len(tokens) if any(t in self.stop_ids for t in drawn) else max(0, len(tokens) - 1)
                 result["hidden"] = self._handoff(out.hidden_states, j, rows[j], tokens[:n_reply], prompt_len)
             results[i] = result
+        if deltas:
+            deltas.finish(finished)
         return results
+
+    def _decode(self, tokens) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
     def _text_config(self):
         config = self.model.config

@@ -15,6 +15,7 @@ from transformers import (
 )
 
 from omnijobs.engines.base import Engine, RowResult, StageRequest
+from omnijobs.engines.deltas import step_deltas
 from omnijobs.engines.loading import check_complete
 from omnijobs.engines.sampling import (
     RowSampler,
@@ -71,6 +72,8 @@ class TransformersLMEngine(Engine):
             enc = {k: v[keep] for k, v in enc.items()}
             rows = [rows[j] for j in keep]
             live = [live[j] for j in keep]
+        deltas = step_deltas(self.ctx, [batch[i] for i in live], [r["max_tokens"] for r in rows], self.stop_ids,
+                             self._decode)
         out = self.model.generate(
             **enc,
             generation_config=GenerationConfig(
@@ -82,25 +85,48 @@ class TransformersLMEngine(Engine):
             logits_processor=LogitsProcessorList([RowSampler(rows, self.stop_ids)]),
             stopping_criteria=StoppingCriteriaList(
                 [RowStop(prompt_len, [r["max_tokens"] for r in rows], [batch[i].run_id for i in live],
-                          self.ctx.should_stop)]
+                          self.ctx.should_stop), *([deltas] if deltas else [])]
             ),
         )
+        finished = []
         for j, i in enumerate(live):
             tokens = cut_at_stop(out[j, prompt_len:].tolist(), rows[j]["max_tokens"], set(self.stop_ids))
+            text = self._decode(tokens)
+            finished.append((j, tokens, text))
             results[i] = {
-                "text": self.tokenizer.decode(tokens, skip_special_tokens=True),
+                "text": text,
                 "token_ids": tokens,
                 "usage": {"prompt_tokens": int(enc["attention_mask"][j].sum()), "completion_tokens": len(tokens)},
             }
+        if deltas:
+            deltas.finish(finished)
         return results
+
+    def _decode(self, tokens) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
     def _prompt(self, req: StageRequest) -> str:
         template = self.ctx.stage.options.get("prompt_template")
         user = template.format(**{k: v or "" for k, v in req.inputs.items()}) if template else req.inputs["prompt"]
         system = req.inputs.get("system")
+        history = _history(req.inputs.get("history"))
         if self.tokenizer.chat_template and self.ctx.stage.options.get("chat", True):
-            messages = ([{"role": "system", "content": system}] if system else []) + [
+            messages = ([{"role": "system", "content": system}] if system else []) + history + [
                 {"role": "user", "content": user}
             ]
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if history:
+            raise ValueError("earlier turns need a model with a chat template")
         return f"{system}\n\n{user}" if system else user
+
+
+def _history(value) -> list[dict[str, str]]:
+    """Earlier turns of a conversation (user/assistant messages before the prompt), for the chat template."""
+    if not value:
+        return []
+    if not isinstance(value, list) or not all(
+        isinstance(m, dict) and m.get("role") in ("user", "assistant") and isinstance(m.get("content"), str)
+        for m in value
+    ):
+        raise ValueError("history must be a list of {role: user|assistant, content: text}")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
