@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,40 @@ models_app = typer.Typer(help="Local models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+
+
+DEV_DIR = Path(".omnijobs-dev")
+# The commands that make a dev folder rather than read one.
+_MAKES_DEV_DIR = ("dev", "demo", "env")
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    folder: Annotated[Optional[Path], typer.Option(
+        "--dir", envvar="OMNIJOBS_DEV_DIR",
+        help="use the deployment `omnijobs dev --dir <folder>` runs: its job store, queues, API and key")] = None,
+) -> None:
+    if folder is not None and ctx.invoked_subcommand not in _MAKES_DEV_DIR:
+        from omnijobs.dev import read_settings_file
+
+        os.environ.update(read_settings_file(folder))
+        os.environ["OMNIJOBS_DEV_DIR"] = str(folder)
+        get_settings.cache_clear()
+
+
+@app.command()
+def env(
+    folder: Annotated[Path, typer.Option("--dir", envvar="OMNIJOBS_DEV_DIR", help="the folder of `omnijobs dev`")
+                      ] = DEV_DIR,
+) -> None:
+    """Print `export` lines for the deployment `omnijobs dev` runs: eval "$(omnijobs env)"."""
+    import shlex
+
+    from omnijobs.dev import read_settings_file
+
+    for name, value in read_settings_file(folder).items():
+        typer.echo(f"export {name}={shlex.quote(value)}")
 
 
 def _logging(level: str = "INFO") -> None:
@@ -49,11 +84,11 @@ def api(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
 
 @app.command()
 def worker(
-    stage: Annotated[str, typer.Option(help="<pipeline>.<stage> to serve")],
+    stage: Annotated[list[str], typer.Option(help="<pipeline>.<stage> to serve; repeat to co-locate stages")],
     device: Annotated[str, typer.Option(help="cpu or cuda:N")] = "cpu",
     loglevel: str = "INFO",
 ) -> None:
-    """Run one stage worker: one engine, one device, batch-pulling its stage queue."""
+    """Run a stage worker: per stage one engine and one batching loop on its queue, all on one device."""
     from workers.stage_worker import run_worker
 
     _logging(loglevel)
@@ -118,8 +153,8 @@ def webhooks(loglevel: str = "INFO") -> None:
 
 @app.command()
 def demo(
-    folder: Annotated[Path, typer.Option("--dir", help="dev folder: job store, queues, artifacts, logs")] = Path(
-        ".omnijobs-dev"),
+    folder: Annotated[Path, typer.Option("--dir", envvar="OMNIJOBS_DEV_DIR",
+                                         help="dev folder: job store, queues, artifacts, logs")] = DEV_DIR,
     pipeline: Annotated[Optional[list[str]], typer.Option("--pipeline", "-p", help="only these pipelines")] = None,
 ) -> None:
     """`omnijobs dev --demo`: run everything here, submit a demo job of each pipeline, print the outputs, stop."""
@@ -128,8 +163,8 @@ def demo(
 
 @app.command()
 def dev(
-    folder: Annotated[Path, typer.Option("--dir", help="dev folder: job store, queues, artifacts, logs")] = Path(
-        ".omnijobs-dev"),
+    folder: Annotated[Path, typer.Option("--dir", envvar="OMNIJOBS_DEV_DIR",
+                                         help="dev folder: job store, queues, artifacts, logs")] = DEV_DIR,
     host: str = "127.0.0.1",
     port: Annotated[int, typer.Option(help="API port (0: any free port)")] = 8000,
     pipeline: Annotated[Optional[list[str]], typer.Option(
@@ -160,73 +195,152 @@ def build_tiny(
     typer.echo(f"{len(built)} model(s) built in {time.monotonic() - started:.1f}s under {target}")
 
 
+Url = Annotated[str, typer.Option(envvar="OMNIJOBS_URL", help="the API")]
+Key = Annotated[Optional[str], typer.Option("--key", envvar="OMNIJOBS_API_KEY", help="API key")]
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def _client(url: str, api_key: str | None):
+    from omnijobs.client import Client
+
+    return Client(url, api_key)
+
+
 @app.command()
 def submit(
     pipeline: str,
-    values: Annotated[Optional[list[str]], typer.Argument(help="input=value or params.<name>=value")] = None,
-    wait: bool = False,
-    url: Annotated[str, typer.Option(envvar="OMNIJOBS_URL")] = "http://127.0.0.1:8000",
-    api_key: Annotated[str | None, typer.Option("--key", envvar="OMNIJOBS_API_KEY", help="API key")] = None,
+    values: Annotated[Optional[list[str]], typer.Argument(
+        help="input=value (input=@file uploads the file first) or params.<name>=value")] = None,
+    wait: Annotated[bool, typer.Option(help="follow the job's events to the end, with progress")] = False,
+    idempotency_key: Annotated[Optional[str], typer.Option(
+        help="default: a new one per call, so an automatic retry of the request never makes a second job")] = None,
+    url: Url = DEFAULT_URL,
+    api_key: Key = None,
 ) -> None:
-    """Submit a job to a running API; with --wait, follow it to the end."""
-    import httpx
+    """Submit a job to a running API; with --wait, follow it to the end (exit 1 unless it succeeded)."""
+    from omnijobs.client import resolve_file_inputs
 
     inputs, params = {}, {}
     for item in values or []:
         key, sep, raw = item.partition("=")
-        if not sep:
+        if not sep or not key:
             _fail(f"'{item}' is not key=value")
-        value = _parse_value(raw)
+        value = raw if raw.startswith("@") else _parse_value(raw)
         if key.startswith("params."):
             params[key.removeprefix("params.")] = value
         else:
             inputs[key] = value
-    body = {"pipeline": pipeline, "inputs": inputs, "params": params or None}
-    resp = httpx.post(f"{url}/v1/jobs", json=body, timeout=30, headers=_auth(api_key))
-    if resp.status_code >= 400:
-        _fail(resp.text, 1)
-    job = resp.json()
-    if not wait:
-        typer.echo(json.dumps(job, indent=2))
-        return
-    _follow(url, job["id"], api_key)
+    with _client(url, api_key) as client:
+        body = {"pipeline": pipeline, "inputs": resolve_file_inputs(client, inputs), "params": params or None}
+        job = client.submit(body, idempotency_key)
+        if not wait:
+            typer.echo(json.dumps(job, indent=2))
+            return
+        _follow(client, job["id"])
 
 
 @app.command()
 def status(
     job_id: str,
-    url: Annotated[str, typer.Option(envvar="OMNIJOBS_URL")] = "http://127.0.0.1:8000",
-    api_key: Annotated[str | None, typer.Option("--key", envvar="OMNIJOBS_API_KEY", help="API key")] = None,
+    wait: Annotated[bool, typer.Option(help="follow the job's events to the end, with progress")] = False,
+    url: Url = DEFAULT_URL,
+    api_key: Key = None,
 ) -> None:
-    """Show a job."""
-    import httpx
-
-    resp = httpx.get(f"{url}/v1/jobs/{job_id}", timeout=30, headers=_auth(api_key))
-    if resp.status_code >= 400:
-        _fail(resp.text, 1)
-    typer.echo(json.dumps(resp.json(), indent=2))
-
-
-def _auth(api_key: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    """Show a job; with --wait, follow it to the end (exit 1 unless it succeeded)."""
+    with _client(url, api_key) as client:
+        if wait:
+            _follow(client, job_id)
+        else:
+            typer.echo(json.dumps(client.job(job_id), indent=2))
 
 
-def _follow(url: str, job_id: str, api_key: str | None = None) -> None:
-    import httpx
+@app.command()
+def cancel(job_id: str, url: Url = DEFAULT_URL, api_key: Key = None) -> None:
+    """Cancel a job (its running stages stop at their next step)."""
+    with _client(url, api_key) as client:
+        job = client.cancel(job_id)
+    typer.echo(f"{job['id']}: {job['status']}")
 
-    with typer.progressbar(length=100, label=job_id) as bar:
-        done = 0
-        while True:
-            job = httpx.get(f"{url}/v1/jobs/{job_id}", timeout=30, headers=_auth(api_key)).json()
-            fraction = int(job["progress"]["fraction"] * 100)
-            bar.update(fraction - done)
-            done = fraction
-            if job["status"] in ("succeeded", "failed", "canceled"):
-                break
-            time.sleep(0.3)
+
+@app.command()
+def download(
+    job_id: str,
+    name: Annotated[Optional[str], typer.Argument(help="the output (default: every file output of the job)")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="file to write (one output only)")] = None,
+    url: Url = DEFAULT_URL,
+    api_key: Key = None,
+) -> None:
+    """Save a job's file outputs: `<name>.<ext>` in this folder, or -o FILE."""
+    from omnijobs.client import output_filename
+
+    with _client(url, api_key) as client:
+        job = client.job(job_id)
+        files = [n for n, v in (job.get("outputs") or {}).items() if isinstance(v, dict) and "url" in v]
+        if name is None:
+            if not files:
+                _fail(f"job {job_id} has no file outputs (status: {job['status']})", 1)
+            if output is not None and len(files) > 1:
+                _fail(f"-o takes one output; name one of: {', '.join(files)}")
+        names = [name] if name else files
+        for n in names:
+            target = output or Path(output_filename(job, n))
+            size = client.download(job_id, n, target)
+            typer.echo(f"{target} ({size} bytes)")
+
+
+@app.command()
+def pipelines(
+    url: Url = DEFAULT_URL,
+    api_key: Key = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """List the API's pipelines: stages and inputs."""
+    with _client(url, api_key) as client:
+        specs = client.pipelines()
+    if as_json:
+        typer.echo(json.dumps(specs, indent=2))
+        return
+    for spec in specs:
+        inputs = ", ".join(f"{n}{'' if p.get('required', True) else '?'}: {p.get('type')}"
+                           for n, p in (spec.get("inputs") or {}).items())
+        stages = ", ".join(s["name"] for s in spec.get("stages") or [])
+        typer.echo(f"{spec['name']:20} stages: {stages:28} inputs: {inputs}")
+
+
+def _follow(client, job_id: str) -> None:
+    """Progress from the job's events: one bar per stage, moved by its steps when it reports them."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    job = None
+    console = Console(stderr=True)
+    columns = (TextColumn("{task.description:24}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[state]}"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as bars:
+        tasks: dict[str, int] = {}
+        for event, data in client.events(job_id):
+            if event == "stage":
+                name, progress = data["stage"], data.get("progress") or {}
+                if name not in tasks:
+                    tasks[name] = bars.add_task(name, total=1, state="")
+                total = progress.get("steps") or bars.tasks[tasks[name]].total
+                done = progress.get("step", 0)
+                if data["status"] in ("succeeded", "skipped"):
+                    done = total
+                bars.update(tasks[name], total=total, completed=done, state=data["status"])
+            elif event == "end":
+                job = data
+    if job is None:
+        _fail(f"the event stream of job {job_id} ended early", 1)
     typer.echo(json.dumps({k: job[k] for k in ("id", "status", "outputs", "error")}, indent=2))
     if job["status"] != "succeeded":
         raise typer.Exit(1)
+
+
+def _shown_database() -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(get_settings().database_url).render_as_string(hide_password=True)
 
 
 def _key_store():
@@ -244,6 +358,7 @@ def keys_create(
 ) -> None:
     """Create an API key. The key and its webhook secret are printed once; only a hash is kept."""
     new = _key_store().create(name, admin=admin)
+    typer.echo(f"created in the job store {_shown_database()}", err=True)
     if as_json:
         typer.echo(json.dumps({"id": new.id, "name": new.info.name, "admin": new.info.admin, "key": new.key,
                                "webhook_secret": new.webhook_secret}))
@@ -281,9 +396,44 @@ def _parse_value(raw: str):
         return raw
 
 
+def _database_failure(exc: BaseException) -> str | None:
+    """One line for a database that is missing, unreachable or has no schema; None for anything else."""
+    try:
+        from sqlalchemy import exc as sa
+        from sqlalchemy.engine import make_url
+    except ImportError:
+        return None
+    if not isinstance(exc, sa.DBAPIError | sa.ArgumentError | sa.NoSuchModuleError):
+        return None
+    url = get_settings().database_url
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except sa.ArgumentError:
+        return f"OMNIJOBS_DATABASE_URL is not a database URL: {url!r}"
+    reason = " ".join(str(getattr(exc, "orig", None) or exc).split()).split(" [SQL:")[0][:300]
+    if isinstance(exc, sa.ProgrammingError | sa.OperationalError) and (
+            "no such table" in reason or "does not exist" in reason and "relation" in reason):
+        line = f"the database {shown} has no OmniJobs tables: run `omnijobs migrate` ({reason})"
+    elif isinstance(exc, sa.DBAPIError):
+        line = f"cannot use the database {shown}: {reason}"
+    else:
+        line = f"OMNIJOBS_DATABASE_URL {shown}: {reason}"
+    if "OMNIJOBS_DEV_DIR" not in os.environ and (DEV_DIR / "omnijobs.env").is_file():
+        line += f" (omnijobs dev keeps its settings in {DEV_DIR}: add --dir {DEV_DIR}, or eval \"$(omnijobs env)\")"
+    return line
+
+
 def main() -> None:
+    from omnijobs.client import ApiError
+
     try:
         app()
-    except OmniJobsError as exc:
+    except (OmniJobsError, ApiError) as exc:
         typer.echo(f"error: {exc}", err=True)
+        sys.exit(1 if isinstance(exc, ApiError) else 2)
+    except Exception as exc:
+        line = _database_failure(exc)
+        if line is None:
+            raise
+        typer.echo(f"error: {line}", err=True)
         sys.exit(2)

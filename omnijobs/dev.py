@@ -28,6 +28,9 @@ from omnijobs.settings import Settings
 READY_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 30.0
 KEY_FILE = "api-key"
+# What `omnijobs --dir <folder> ...` and `omnijobs env --dir <folder>` read: the running deployment's
+# settings as OMNIJOBS_ variables, one `NAME='value'` a line (also a shell file: `set -a; . <it>`).
+SETTINGS_FILE = "omnijobs.env"
 
 
 class DevError(OmniJobsError):
@@ -59,6 +62,31 @@ def dev_environment(settings: Settings) -> dict[str, str]:
     """What the child processes read: the dev settings as OMNIJOBS_ variables."""
     keys = ("database_url", "broker_url", "broker_dir", "artifacts", "artifacts_dir", "models_dir")
     return {f"OMNIJOBS_{k.upper()}": str(getattr(settings, k)) for k in keys}
+
+
+def write_settings_file(folder: Path, env: dict[str, str]) -> Path:
+    """Keep the deployment's settings in its folder, so clients run elsewhere find the same store and API."""
+    import shlex
+
+    path = folder / SETTINGS_FILE
+    path.write_text("".join(f"{name}={shlex.quote(value)}\n" for name, value in sorted(env.items())))
+    path.chmod(0o600)  # it holds the admin API key
+    return path
+
+
+def read_settings_file(folder: Path) -> dict[str, str]:
+    """The variables `write_settings_file` wrote; DevError if `omnijobs dev` never ran there."""
+    import shlex
+
+    path = folder / SETTINGS_FILE
+    if not path.is_file():
+        raise DevError(f"no {SETTINGS_FILE} in {folder}: start `omnijobs dev --dir {folder}` first")
+    out = {}
+    for line in path.read_text().splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.strip():
+            out[name.strip()] = " ".join(shlex.split(value))
+    return out
 
 
 # ---------------------------------------------------------------- which pipelines can run here
@@ -274,7 +302,8 @@ def run_dev(settings: Settings, options: DevOptions, echo: Callable[[str], None]
     folder = options.folder.resolve()
     log_dir = folder / "logs"
     log_dir.mkdir(exist_ok=True)
-    env = {**os.environ, **dev_environment(dev_settings)}
+    # OMNIJOBS_DEV_DIR would make each child read a settings file: the children get their settings here.
+    env = {**{k: v for k, v in os.environ.items() if k != "OMNIJOBS_DEV_DIR"}, **dev_environment(dev_settings)}
     port = options.port or _free_port(options.host)
     url = f"http://{options.host}:{port}"
 
@@ -293,7 +322,11 @@ def run_dev(settings: Settings, options: DevOptions, echo: Callable[[str], None]
         with httpx.Client(base_url=url, timeout=30, headers=headers) as client:
             if not _wait_ready(procs, client, [f"worker-{s}" for s in workers], stop, echo):
                 return 130 if stop.event.is_set() else 1
-            _banner(echo, url, api_key, specs, folder)
+            client_env = {**dev_environment(dev_settings), "OMNIJOBS_URL": url}
+            if api_key:
+                client_env["OMNIJOBS_API_KEY"] = api_key
+            write_settings_file(folder, client_env)
+            _banner(echo, url, api_key, specs, folder, options.folder)
             if options.demo:
                 from omnijobs.demo_jobs import run_demo_jobs
 
@@ -354,22 +387,25 @@ def ensure_api_key(env: dict[str, str], folder: Path) -> str | None:
     return key
 
 
-def _banner(echo, url: str, api_key: str | None, specs: list, folder: Path) -> None:
+def _banner(echo, url: str, api_key: str | None, specs: list, folder: Path, given: Path) -> None:
     from omnijobs.demo_jobs import example_request
 
-    auth = f" -H 'authorization: Bearer {api_key}'" if api_key else ""
+    auth = ' -H "authorization: Bearer $OMNIJOBS_API_KEY"' if api_key else ""
     echo("")
     echo(f"OmniJobs is running at {url}  (job store, queues and artifacts under {folder})")
     if api_key:
         echo(f"API key (admin): {api_key}   (also in {folder / KEY_FILE})")
     echo(f"pipelines: {', '.join(s.name for s in specs)}  (GET {url}/v1/pipelines for their inputs)")
+    echo("off in dev: per-key rate limits and queue-depth bounds (429s) need a Redis broker; "
+         "there is one SQLite writer at a time")
+    echo(f"in another shell, for the omnijobs command and curl (settings in {folder / SETTINGS_FILE}):")
+    echo(f'  eval "$(omnijobs env --dir {given})"')
     texts = [s for s in specs if all(p.type == "text" for p in s.inputs.values())]
     body = example_request(texts[0]) if texts else None
     if body:
-        echo("submit a job and read it back:")
-        echo(f"  curl -s -XPOST {url}/v1/jobs -H 'content-type: application/json'{auth} \\")
+        echo("then submit a job and read it back:")
+        echo(f"  omnijobs submit {body['pipeline']} prompt=Hello --wait")
+        echo(f"  curl -s -XPOST $OMNIJOBS_URL/v1/jobs -H 'content-type: application/json'{auth} \\")
         echo(f"    -d '{json.dumps(body)}'")
-        echo(f"  curl -s {url}/v1/jobs/<id>{auth}")
-        key_env = f"OMNIJOBS_API_KEY={api_key} " if api_key else ""
-        echo(f"or: {key_env}OMNIJOBS_URL={url} omnijobs submit {body['pipeline']} prompt=Hello --wait")
+        echo(f"  curl -s $OMNIJOBS_URL/v1/jobs/<id>{auth}")
     echo("Ctrl-C stops everything.")
