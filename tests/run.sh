@@ -8,6 +8,8 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check -c tests/constraints.txt -e ".[transformers,diffusers,s3,test]"
+# The vLLM stage worker's own environment (its pins clash with the main one's); cached after the first build.
+bash tests/vllm_env.sh
 
 # The dashboard's browser test drives Debian's chromium (never a browser download of its own).
 if [ ! -x /usr/bin/chromium ]; then

@@ -34,6 +34,15 @@ ENGINE_KINDS: dict[str, EngineKind] = {
             inputs={"prompt": "text", "system": "text?", "history": "json?"},
             outputs={"text": "text", "token_ids": "tokens", "usage": "json"},
         ),
+        # AR stages on vLLM: chat LMs, and Qwen2.5-VL with images. Workers pick it for the
+        # transformers kinds it serves where vllm is installed (omnijobs.engines.choice).
+        EngineKind(
+            name="vllm",
+            impl="omnijobs.engines.vllm.engine:VLLMEngine",
+            extra="vllm",
+            inputs={"prompt": "text", "system": "text?", "image": "image?", "image_2": "image?", "image_3": "image?"},
+            outputs={"text": "text", "token_ids": "tokens", "usage": "json"},
+        ),
         # Omni models split into thinker → talker → code2wav; `hidden` carries the thinker's states.
         *[
             EngineKind(

@@ -58,6 +58,22 @@ class BatchSpec(_Frozen):
     max_wait_ms: int = Field(default=0, ge=0, le=60_000)
 
 
+class EngineArgs(_Frozen):
+    """Arguments of an engine that keeps a model server in the worker (vLLM); unset means its default.
+
+    The seeds' deployments set these per stage: context length, concurrent sequences, memory share,
+    tensor-parallel width, CUDA graphs off, and how many images/audios/videos one prompt may carry.
+    """
+
+    max_model_len: int | None = Field(default=None, gt=0)
+    max_num_seqs: int | None = Field(default=None, ge=1, le=4096)
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    tensor_parallel_size: int | None = Field(default=None, ge=1, le=64)
+    enforce_eager: bool | None = None
+    limit_mm_per_prompt: dict[Literal["image", "audio", "video"], int] | None = None
+    dtype: str | None = None
+
+
 class RunIf(_Frozen):
     """Run the stage only when a job input (a list) contains a value, e.g. the audio modality."""
 
@@ -79,6 +95,7 @@ class StageSpec(_Frozen):
     params: dict[str, ParamSpec] = Field(default_factory=dict)
     # Static, engine-specific configuration (prompt template, dtype...).
     options: dict[str, Any] = Field(default_factory=dict)
+    engine_args: EngineArgs = Field(default_factory=EngineArgs)
     # When set and false for a job, the run is `skipped`, and so is every stage fed by it.
     run_if: RunIf | None = None
     description: str = ""
