@@ -95,6 +95,10 @@ class EngineDead(StageError):
     """The engine cannot serve anymore; the worker must restart it."""
 
 
+class StoreUnavailable(OmniJobsError):
+    """The job store could not be reached to claim a batch: nothing was taken, try the batch later."""
+
+
 # --- configuration -----------------------------------------------------------------------------
 
 

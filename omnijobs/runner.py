@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from omnijobs.artifacts.refs import is_ref, refs_in
 from omnijobs.artifacts.values import StageValues
 from omnijobs.cleanup import clean_finished_jobs
-from omnijobs.dispatch import Publisher, dispatch
+from omnijobs.dispatch import Publisher, publish_committed
 from omnijobs.engines.base import Engine, StageRequest
-from omnijobs.errors import EngineDead, RetryableStageError, StageError
+from omnijobs.errors import EngineDead, RetryableStageError, StageError, StoreUnavailable
 from omnijobs.pipelines import graph
 from omnijobs.pipelines.spec import PipelineSpec
 from omnijobs.retry import RetryPolicy, error_record
-from omnijobs.store.jobs import JobStore
+from omnijobs.store.jobs import BatchRecord, JobStore
 from omnijobs.store.records import ClaimedRun
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,10 @@ class StageRunner:
 
     def _run_chunk(self, messages: Sequence[tuple[str, int]], report: BatchReport) -> None:
         batch_id = uuid.uuid4().hex[:16]
-        claimed = self.store.claim(messages, self.worker, batch_id, self.lease_s)
+        try:
+            claimed = self.store.claim(messages, self.worker, batch_id, self.lease_s)
+        except Exception as exc:
+            raise StoreUnavailable(f"claim failed: {type(exc).__name__}: {exc}") from exc
         if not claimed:
             return
         report.claimed += len(claimed)
@@ -133,26 +136,82 @@ class StageRunner:
                     ran = [exc] * len(requests)
                 results.update({c.id: r for (c, _), r in zip(loaded, ran, strict=True)})
         log.info("batch %s: %d run(s) in %.3fs", batch_id, len(claimed), time.monotonic() - started)
-        engine_dead = None
-        for run in claimed:
-            result = results[run.id]
-            if isinstance(result, EngineDead):
-                engine_dead = result
-            try:
-                self._record(run, result)
-            except Exception as exc:  # one row's bad output must not strand the others
-                log.exception("could not record run %s", run.id)
-                # An output of the wrong type stays fatal; a store or database hiccup is worth a retry.
-                result = exc if isinstance(exc, StageError) else RetryableStageError(
-                    f"could not record the result: {type(exc).__name__}: {exc}")
-                self._record_failure(run, result)
-            if isinstance(result, BaseException):
-                report.failed += 1
-            else:
-                report.succeeded += 1
-        self._clean_finished_jobs({run.job_id for run in claimed})
+        engine_dead = next((r for r in results.values() if isinstance(r, EngineDead)), None)
+        succeeded, failed = self._record_batch(claimed, results)
+        report.succeeded += succeeded
+        report.failed += failed
         if engine_dead is not None:
             raise engine_dead
+
+    def _record_batch(self, claimed: list[ClaimedRun], results: dict) -> tuple[int, int]:
+        """Store outputs, record every success in one transaction, publish what became ready at once."""
+        done, failures = [], []
+        for run in claimed:
+            result = results[run.id]
+            if isinstance(result, BaseException):
+                failures.append((run, result))
+                continue
+            try:
+                done.append((run, self._store_outputs(run, result)))
+            except Exception as exc:  # one row's bad output must not strand the others
+                log.exception("could not store the outputs of run %s", run.id)
+                # An output of the wrong type stays fatal; a store or connector hiccup is worth a retry.
+                failures.append((run, exc if isinstance(exc, StageError) else RetryableStageError(
+                    f"could not record the result: {type(exc).__name__}: {exc}")))
+        try:
+            record = self.store.complete_many(done)
+        except Exception as exc:
+            log.exception("could not record batch results")
+            record = BatchRecord()
+            error = RetryableStageError(f"could not record the result: {type(exc).__name__}: {exc}")
+            for run, outputs in done:
+                self._delete(refs_in(outputs))
+                failures.append((run, error))
+            done = []
+        publish_committed(self.store, self.publisher, record.tasks)
+        unsettled = set()
+        for run, outputs in done:
+            if run.id not in record.recorded:
+                # Canceled or lease lost meanwhile: this result was not recorded, so nothing points at it.
+                self._delete(refs_in(outputs))
+                unsettled.add(run.job_id)
+            elif run.job_id not in record.finished:
+                # Shared memory is scarce: free an input as soon as its only reader has succeeded.
+                self._delete([v for port, v in run.inputs.items() if port in self.consumed_ports and is_ref(v)
+                              and v["artifact"].startswith("shm:")])
+        for run, error in failures:
+            try:
+                self._record_failure(run, error)
+            except Exception:  # the database is gone: the lease runs out and the reconciler retries it
+                log.exception("could not record the failure of run %s", run.id)
+            unsettled.add(run.job_id)
+        self._free_finished(record.finished)
+        self._clean_finished_jobs(unsettled)
+        return len(record.recorded), len(claimed) - len(record.recorded)
+
+    def _store_outputs(self, run: ClaimedRun, result: dict) -> dict:
+        if self.values is None:
+            return {k: v for k, v in result.items() if k in self.output_types}
+        return self.values.store(str(run.job_id), self.stage.name, result, self.output_types, self.final_ports)
+
+    def _delete(self, refs: list[dict]) -> None:
+        if self.values is not None and refs:
+            try:
+                self.values.delete(refs)
+            except Exception:  # cleanup never fails the batch; retention sweeps what is left
+                log.exception("could not delete %d artifact(s)", len(refs))
+
+    def _free_finished(self, finished: dict) -> None:
+        """Free the intermediates of jobs this batch finished (the store returned their references)."""
+        if self.values is None:
+            return
+        for job_id, refs in finished.items():
+            self._delete(refs)
+            if self.values.transit.scheme == "shm":
+                try:
+                    self.values.transit.delete_prefix(str(job_id))
+                except Exception:
+                    log.exception("could not free the shared memory of job %s", job_id)
 
     def _load_inputs(self, claimed: list[ClaimedRun]) -> tuple[list[tuple[ClaimedRun, dict]], dict]:
         """Each run's inputs in engine form; a run whose inputs cannot be read fails alone."""
@@ -165,36 +224,15 @@ class StageRunner:
                 failed[run.id] = exc
         return loaded, failed
 
-    def _record(self, run: ClaimedRun, result) -> None:
-        if isinstance(result, BaseException):
-            self._record_failure(run, result)
-            return
-        if self.values is not None:
-            outputs = self.values.store(str(run.job_id), self.stage.name, result, self.output_types,
-                                        self.final_ports)
-        else:
-            outputs = {k: v for k, v in result.items() if k in self.output_types}
-        dispatch(self.store, self.publisher, self.store.complete(run, outputs))
-        if self.values is None:
-            return
-        if not self.store.succeeded_attempt(run):
-            # Canceled or lease lost meanwhile: this result was not recorded, so nothing points at it.
-            self.values.delete(refs_in(outputs))
-            return
-        # Shared memory is scarce: free an input as soon as its only reader has succeeded.
-        consumed = [v for port, v in run.inputs.items() if port in self.consumed_ports and is_ref(v)
-                    and v["artifact"].startswith("shm:")]
-        self.values.delete(consumed)
-
     def _clean_finished_jobs(self, job_ids: set) -> None:
-        """Free the intermediate artifacts of jobs this batch finished (or that were canceled)."""
-        if self.values is not None:
+        """Free the intermediate artifacts of jobs that ended outside this batch's record (canceled, failed)."""
+        if self.values is not None and job_ids:
             clean_finished_jobs(self.store, self.values, job_ids)
 
     def _record_failure(self, run: ClaimedRun, error: BaseException) -> None:
         decision = self.policy.decide(error, run.attempt, run.max_attempts)
         tasks = self.store.fail(run, error_record(error), decision.retry, decision.delay_s, self.worker)
-        dispatch(self.store, self.publisher, tasks)
+        publish_committed(self.store, self.publisher, tasks)
 
 
 class _Heartbeat:

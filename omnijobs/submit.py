@@ -7,7 +7,7 @@ import json
 import uuid
 from typing import Any
 
-from omnijobs.dispatch import Publisher, dispatch
+from omnijobs.dispatch import Publisher, publish_committed
 from omnijobs.errors import InvalidInput
 from omnijobs.inputs import MediaInputs, Resolved
 from omnijobs.media import KINDS
@@ -72,7 +72,8 @@ def submit(
         raise
     if not created and media is not None:  # a concurrent twin was written first: ours is not needed
         media.discard(resolved.stored)
-    dispatch(store, publisher, tasks)
+    # Never raises: the job is committed, so it is accepted whatever the broker says now.
+    publish_committed(store, publisher, tasks)
     return job, created
 
 

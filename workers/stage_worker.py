@@ -1,8 +1,9 @@
 """`omnijobs worker --stage <pipeline>.<stage> --device cpu|cuda:N`.
 
-One process = one engine = one device. The engine is loaded once, before the worker consumes;
-messages of the stage's queue are pulled in batches (celery-batches) and each batch goes to
-StageRunner, which is where the work happens.
+One process = one device; by default one stage (one engine), or several co-located stages, each
+with its own engine, queue and batching loop. Engines are loaded once, before the worker
+consumes; messages of each stage queue are pulled in batches (workers/consumer.py) and each batch
+goes to StageRunner, which is where the work happens.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import socket
 import sys
+import threading
 
 from omnijobs.errors import OmniJobsError
-from omnijobs.messages import STAGE_TASK
 from omnijobs.settings import Settings
 
 log = logging.getLogger("omnijobs.worker")
@@ -90,54 +92,103 @@ def find_stage(registry, stage_ref: str):
         raise WorkerStartError(f"unknown stage '{stage_ref}' (known: {known})") from None
 
 
-def run_worker(settings: Settings, stage_ref: str, device: str = "cpu", loglevel: str = "INFO") -> None:
-    pin_device(device)
-    from celery_batches import Batches
+def run_worker(settings: Settings, stage_refs: str | list[str], device: str = "cpu", loglevel: str = "INFO") -> None:
+    """Serve one or more stages from this process: each its own engine, queue and batching loop.
 
-    from omnijobs.errors import EngineDead
+    Co-locating small stages (on one GPU, or a laptop) costs one process instead of one per stage;
+    every stage still batches on its own.
+    """
+    pin_device(device)
     from omnijobs.pipelines import load_registry
     from workers.celery_app import make_celery
     from workers.publisher import CeleryPublisher
 
+    refs = [stage_refs] if isinstance(stage_refs, str) else list(dict.fromkeys(stage_refs))
+    if not refs:
+        raise WorkerStartError("give at least one --stage <pipeline>.<stage>")
     registry = load_registry(settings.pipelines_path)
-    spec, stage = find_stage(registry, stage_ref)
+    stages = [find_stage(registry, ref) for ref in refs]
     hostname = settings.worker_hostname or socket.gethostname()
-    worker_name = f"{stage_ref}@{hostname}:{os.getpid()}"
-    app = make_celery(settings, prefetch=stage.batch.max_size)
-    runner = build_runner(settings, registry, spec, stage.name, device, worker_name, CeleryPublisher(app))
-    queue = spec.queue(stage.name)
-    workers, beat = register_worker(settings, worker_name, hostname, stage_ref, queue, device, stage)
+    app = make_celery(settings)
+    publisher = CeleryPublisher(app)
+    stop = threading.Event()
+    loops = []
+    for ref, (spec, stage) in zip(refs, stages, strict=True):
+        worker_name = f"{ref}@{hostname}:{os.getpid()}"
+        runner = build_runner(settings, registry, spec, stage.name, device, worker_name, publisher)
+        queue = spec.queue(stage.name)
+        workers, beat = register_worker(settings, worker_name, hostname, ref, queue, device, stage)
+        loops.append(_StageLoop(app, ref, queue, stage, runner, workers, worker_name, beat, stop,
+                                polled=settings.broker_url.startswith("filesystem://")))
+        log.info("worker %s: engine %s loaded on %s, consuming %s", worker_name, stage.engine, device, queue)
+    _stop_on_signals(stop)
+    threads = [threading.Thread(target=loop.run, name=f"stage-{loop.ref}") for loop in loops]
+    for t in threads:
+        t.start()
+    try:
+        while any(t.is_alive() for t in threads):
+            for t in threads:
+                t.join(timeout=0.5)
+    finally:
+        stop.set()
+        for loop in loops:
+            loop.close()
 
-    @app.task(
-        name=STAGE_TASK,
-        base=Batches,
-        flush_every=stage.batch.max_size,
-        flush_interval=max(stage.batch.max_wait_ms, 1) / 1000.0,
-        acks_late=True,
-    )
-    def run_stage(requests):
-        workers.batch_started(worker_name, len(requests))
+
+class _StageLoop:
+    """One stage's consumer: batches from its queue to its runner, and the operator counters."""
+
+    def __init__(self, app, ref, queue, stage, runner, workers, worker_name, beat, stop, polled: bool):
+        from workers.consumer import BatchConsumer
+
+        self.ref, self.runner, self.workers, self.worker_name, self.beat = ref, runner, workers, worker_name, beat
+        self.consumer = BatchConsumer(app, queue, stage.batch.max_size, stage.batch.max_wait_ms, self.handle, stop,
+                                      idle_poll_backoff=polled, on_ready=self._ready)
+        self._ready_lock = threading.Lock()
+
+    def _ready(self) -> None:
+        # Test fixtures and operators wait for this line.
+        log.info("worker %s ready.", self.worker_name)
+
+    def run(self) -> None:
         try:
-            report = runner.run_batch([(r.args[0], int(r.args[1])) for r in requests])
-            workers.batch_done(worker_name, report.succeeded, report.failed)
+            self.consumer.run()
+        except BaseException:
+            log.exception("stage loop %s stopped", self.ref)
+            self.consumer.stop.set()
+            raise
+
+    def handle(self, deliveries) -> None:
+        from omnijobs.errors import EngineDead, StoreUnavailable
+        from workers.consumer import ClaimUnavailable
+
+        try:
+            report = self.runner.run_batch([(d.run_id, d.attempt) for d in deliveries])
+        except StoreUnavailable as exc:
+            raise ClaimUnavailable(str(exc)) from exc
         except EngineDead:
             log.exception("engine is dead; exiting so the supervisor restarts the worker")
             os._exit(75)
+        if report.claimed:
+            # Counters for operators, off the path between message and claim.
+            self.workers.batch_done(self.worker_name, report.succeeded, report.failed, report.batch_sizes[-1])
 
-    log.info("worker %s: engine %s loaded on %s, consuming %s", worker_name, stage.engine, device, queue)
-    try:
-        app.Worker(
-            hostname=f"{stage_ref}@{hostname}.{os.getpid()}",
-            queues=[queue],
-            pool="solo",
-            concurrency=1,
-            loglevel=loglevel,
-            without_gossip=True,
-            without_mingle=True,
-        ).start()
-    finally:
-        beat.set()
-        workers.stopped(worker_name)
+    def close(self) -> None:
+        self.beat.set()
+        self.workers.stopped(self.worker_name)
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM/SIGINT: finish the batch in hand, acknowledge it, then exit."""
+
+    def _handler(signum, _frame):
+        if stop.is_set():  # a second signal: leave now; unacknowledged messages come back
+            os._exit(1)
+        log.info("signal %s: stopping after the current batch", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _handler)
+    signal.signal(signal.SIGINT, _handler)
 
 
 def register_worker(settings: Settings, name: str, host: str, stage_ref: str, queue: str, device: str, stage):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, or_, select, update
+from sqlalchemy import Engine, and_, bindparam, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -66,25 +67,32 @@ class JobStore:
         tasks = []
         try:
             with self._sessions.begin() as s:
-                s.add(
-                    Job(
-                        id=job_id, pipeline=spec.name, status=JobStatus.QUEUED, owner=owner, priority=priority,
-                        inputs=inputs, params=params, meta=metadata or {}, idempotency_key=idempotency_key,
-                        request_hash=request_hash, created_at=now, updated_at=now,
-                        webhook=webhook, webhook_events=webhook_events,
-                    )
+                job = Job(
+                    id=job_id, pipeline=spec.name, status=JobStatus.QUEUED, owner=owner, priority=priority,
+                    inputs=inputs, params=params, meta=metadata or {}, idempotency_key=idempotency_key,
+                    request_hash=request_hash, created_at=now, updated_at=now,
+                    webhook=webhook, webhook_events=webhook_events,
                 )
+                s.add(job)
                 s.flush()
+                runs = []
                 for name, stage in spec.stages.items():
+                    # NOTE: a ready run is marked published in the same transaction; if the publish
+                    # after the commit fails, `mark_unpublished` clears the mark so the reconciler
+                    # republishes it within seconds instead of after the stale-message age.
                     run = StageRun(
                         id=uuid.uuid4(), job_id=job_id, stage=name, queue=spec.queue(name),
                         status=_initial_status(name, ready, skipped), attempt=0,
                         max_attempts=stage.max_attempts, params=effective_params(spec, name, params), errors=[],
-                        created_at=now, updated_at=now,
+                        created_at=now, updated_at=now, enqueued_at=now if name in ready else None,
                     )
-                    s.add(run)
+                    runs.append(run)
                     if name in ready:
                         tasks.append(StageTask(str(run.id), 0, run.queue, priority))
+                s.add_all(runs)
+                s.flush()
+                # Built from what was written: no second read after the commit.
+                view = self._view(s, job, runs)
         except IntegrityError:
             if idempotency_key is None:
                 raise
@@ -93,7 +101,7 @@ class JobStore:
             if existing is None:
                 raise
             return existing, [], False
-        return self.get_job(job_id), tasks, True
+        return view, tasks, True
 
     def find_idempotent(self, owner: str | None, key: str, request_hash: str) -> JobView | None:
         with self._sessions() as s:
@@ -148,45 +156,60 @@ class JobStore:
         """Take the runs these messages name, if still queued at the expected attempt.
 
         A duplicate or stale message matches no row and is dropped: that is what makes a
-        delivery run at most once per attempt.
+        delivery run at most once per attempt. The whole batch is claimed in one statement; rows
+        another worker is claiming at the same moment are skipped, not waited for.
         """
         now = utcnow()
-        wanted = {(_uuid(rid), attempt) for rid, attempt in tasks}
-        claimed: list[StageRun] = []
+        wanted = sorted({(_uuid(rid), attempt) for rid, attempt in tasks})
+        if not wanted:
+            return []
         with self._sessions.begin() as s:
-            for run_id, attempt in sorted(wanted):
-                row = s.execute(
-                    update(StageRun)
-                    .where(StageRun.id == run_id, StageRun.status == RunStatus.QUEUED, StageRun.attempt == attempt)
-                    .values(status=RunStatus.RUNNING, attempt=StageRun.attempt + 1, worker=worker,
-                            batch_id=batch_id, started_at=now, updated_at=now,
-                            lease_until=now + timedelta(seconds=lease_s))
-                    .returning(StageRun)
-                ).scalar_one_or_none()
-                if row is not None:
-                    claimed.append(row)
-            if not claimed:
-                return []
-            s.execute(
-                update(StageRun).where(StageRun.id.in_([r.id for r in claimed])).values(batch_size=len(claimed))
+            lockable = (
+                select(StageRun.id)
+                .where(tuple_(StageRun.id, StageRun.attempt).in_(wanted), StageRun.status == RunStatus.QUEUED)
+                .with_for_update(skip_locked=True)
             )
-            started = s.scalars(
+            rows = s.execute(
+                update(StageRun)
+                .where(StageRun.id.in_(lockable), StageRun.status == RunStatus.QUEUED)
+                .values(status=RunStatus.RUNNING, attempt=StageRun.attempt + 1, worker=worker,
+                        batch_id=batch_id, batch_size=len(wanted), started_at=now, updated_at=now,
+                        lease_until=now + timedelta(seconds=lease_s))
+                .returning(StageRun.id, StageRun.job_id, StageRun.stage, StageRun.attempt, StageRun.max_attempts,
+                           StageRun.params)
+                .execution_options(synchronize_session=False)
+            ).all()
+            if not rows:
+                return []
+            rows.sort(key=lambda r: r.id)
+            if len(rows) != len(wanted):
+                s.execute(update(StageRun).where(StageRun.id.in_([r.id for r in rows]))
+                          .values(batch_size=len(rows)).execution_options(synchronize_session=False))
+            job_ids = sorted({r.job_id for r in rows})
+            started = set(s.scalars(
                 update(Job)
-                .where(Job.id.in_({r.job_id for r in claimed}), Job.status == JobStatus.QUEUED)
+                .where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED)
                 .values(status=JobStatus.RUNNING, started_at=now, updated_at=now)
                 .returning(Job.id)
-            ).all()
+                .execution_options(synchronize_session=False)
+            ).all())
+            jobs = {j.id: j for j in s.scalars(select(Job).where(Job.id.in_(job_ids)))}
             for job_id in started:
-                record_event(s, s.get(Job, job_id), "job.started", now)
-            result = []
-            for run in claimed:
-                job = s.get(Job, run.job_id)
+                record_event(s, jobs[job_id], "job.started", now)
+            fed = sorted({r.job_id for r in rows if self.pipelines.get(jobs[r.job_id].pipeline).stages[r.stage].upstream})
+            upstream = self._outputs_of(s, fed)
+            result, stored_inputs = [], []
+            for r in rows:
+                job = jobs[r.job_id]
                 spec = self.pipelines.get(job.pipeline)
-                upstream = self._run_outputs(s, run.job_id)
-                inputs = orchestrator.resolve_inputs(spec, run.stage, job.inputs, upstream)
-                run.inputs = inputs
-                result.append(ClaimedRun(run.id, run.job_id, run.stage, run.attempt, run.max_attempts,
-                                         dict(run.params), inputs))
+                inputs = orchestrator.resolve_inputs(spec, r.stage, job.inputs, upstream.get(r.job_id, {}))
+                stored_inputs.append({"b_id": r.id, "b_inputs": inputs})
+                result.append(ClaimedRun(r.id, r.job_id, r.stage, r.attempt, r.max_attempts, dict(r.params), inputs))
+            s.connection().execute(
+                update(StageRun.__table__).where(StageRun.__table__.c.id == bindparam("b_id"))
+                .values(inputs=bindparam("b_inputs")),
+                stored_inputs,
+            )
         return result
 
     def renew_leases(self, run_ids: Iterable[uuid.UUID], lease_s: float) -> None:
@@ -228,7 +251,47 @@ class JobStore:
             if not done:
                 return []  # lease lost or job canceled meanwhile: someone else owns the outcome
             record_event(s, job, "job.stage_completed", now, stage=run.stage)
-            return self._advance(s, job, now)
+            return self._advance(s, job, now, {r.stage: r for r in s.scalars(
+                select(StageRun).where(StageRun.job_id == job.id))})
+
+    def complete_many(self, done: Sequence[tuple[ClaimedRun, dict[str, Any]]]) -> BatchRecord:
+        """Record a batch's outputs in one transaction: each run once, then advance every job it touched.
+
+        Runs whose attempt no longer holds (lease lost, job canceled) are left out of `recorded`.
+        The jobs' rows are locked in id order, so two workers finishing runs of the same jobs
+        serialise instead of deadlocking.
+        """
+        now = utcnow()
+        record = BatchRecord()
+        if not done:
+            return record
+        with self._sessions.begin() as s:
+            job_ids = sorted({run.job_id for run, _ in done})
+            jobs = {j.id: j for j in s.scalars(
+                select(Job).where(Job.id.in_(job_ids)).order_by(Job.id).with_for_update())}
+            runs_by_job: dict[uuid.UUID, dict[str, StageRun]] = {j: {} for j in job_ids}
+            rows = {}
+            for row in s.scalars(select(StageRun).where(StageRun.job_id.in_(job_ids))):
+                runs_by_job[row.job_id][row.stage] = row
+                rows[row.id] = row
+            touched = []
+            for run, outputs in done:
+                row = rows.get(run.id)
+                if row is None or row.status != RunStatus.RUNNING or row.attempt != run.attempt:
+                    continue  # someone else owns the outcome
+                row.status, row.outputs, row.finished_at = RunStatus.SUCCEEDED, json_safe(outputs), now
+                row.updated_at, row.lease_until = now, None
+                record.recorded.add(run.id)
+                record_event(s, jobs[run.job_id], "job.stage_completed", now, stage=run.stage)
+                if run.job_id not in touched:
+                    touched.append(run.job_id)
+            s.flush()
+            for job_id in touched:
+                job = jobs[job_id]
+                record.tasks += self._advance(s, job, now, runs_by_job[job_id])
+                if JobStatus(job.status) in FINAL_JOB:
+                    record.finished[job_id] = _intermediate_refs(job, runs_by_job[job_id].values())
+        return record
 
     def fail(self, run: ClaimedRun, error: dict, retry: bool, delay_s: float = 0.0, worker: str | None = None
              ) -> list[StageTask]:
@@ -247,6 +310,14 @@ class JobStore:
         if ids:
             with self._sessions.begin() as s:
                 s.execute(update(StageRun).where(StageRun.id.in_(ids)).values(enqueued_at=utcnow()))
+
+    def mark_unpublished(self, tasks: Iterable[StageTask]) -> None:
+        """The publish after a commit failed: clear the mark so the reconciler republishes soon."""
+        ids = [_uuid(t.run_id) for t in tasks]
+        if ids:
+            with self._sessions.begin() as s:
+                s.execute(update(StageRun).where(StageRun.id.in_(ids), StageRun.status == RunStatus.QUEUED)
+                          .values(enqueued_at=None))
 
     def succeeded_attempt(self, run: ClaimedRun) -> bool:
         """Whether this very attempt's result is the one recorded."""
@@ -273,9 +344,7 @@ class JobStore:
             job = s.get(Job, job_id)
             if job is None or JobStatus(job.status) not in FINAL_JOB:
                 return []
-            kept = {ref["artifact"] for ref in refs_in(job.outputs)}
-            rows = s.scalars(select(StageRun.outputs).where(StageRun.job_id == job_id))
-            return [ref for outputs in rows for ref in refs_in(outputs) if ref["artifact"] not in kept]
+            return _intermediate_refs(job, s.scalars(select(StageRun).where(StageRun.job_id == job_id)))
 
     # ---------------------------------------------------------------- cancel
 
@@ -345,17 +414,17 @@ class JobStore:
         row.updated_at = now
         if retry:
             row.status = RunStatus.QUEUED
-            row.enqueued_at = None
+            row.enqueued_at = now
             return [StageTask(str(row.id), row.attempt, row.queue, job.priority, delay_s)]
         row.status = RunStatus.FAILED
         row.finished_at = now
         s.flush()
-        return self._advance(s, job, now)
+        return self._advance(s, job, now, {r.stage: r for r in s.scalars(
+            select(StageRun).where(StageRun.job_id == job.id))})
 
-    def _advance(self, s: Session, job: Job, now: datetime) -> list[StageTask]:
-        """After a run ended: queue stages that became ready, or finish the job."""
+    def _advance(self, s: Session, job: Job, now: datetime, runs: dict[str, StageRun]) -> list[StageTask]:
+        """After a run ended: queue stages that became ready, or finish the job. `runs`: the job's, by stage."""
         spec = self.pipelines.get(job.pipeline)
-        runs = {r.stage: r for r in s.scalars(select(StageRun).where(StageRun.job_id == job.id))}
         statuses = {name: RunStatus(r.status) for name, r in runs.items()}
         outcome = orchestrator.job_outcome(statuses)
         if outcome == JobStatus.FAILED:
@@ -373,7 +442,7 @@ class JobStore:
         tasks = []
         for name in orchestrator.newly_ready(spec, statuses):
             run = runs[name]
-            run.status, run.updated_at = RunStatus.QUEUED, now
+            run.status, run.updated_at, run.enqueued_at = RunStatus.QUEUED, now, now
             tasks.append(StageTask(str(run.id), run.attempt, run.queue, job.priority))
         return tasks
 
@@ -391,12 +460,15 @@ class JobStore:
         return s.get(Job, job_id, with_for_update=True)
 
     @staticmethod
-    def _run_outputs(s: Session, job_id: uuid.UUID) -> dict[str, dict]:
-        rows = s.execute(
-            select(StageRun.stage, StageRun.outputs).where(
-                StageRun.job_id == job_id, StageRun.status == RunStatus.SUCCEEDED)
-        ).all()
-        return {r.stage: r.outputs or {} for r in rows}
+    def _outputs_of(s: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, dict]]:
+        """The outputs of these jobs' succeeded runs, by job and stage (one query for a batch)."""
+        found: dict[uuid.UUID, dict[str, dict]] = {}
+        if job_ids:
+            rows = s.execute(select(StageRun.job_id, StageRun.stage, StageRun.outputs).where(
+                StageRun.job_id.in_(job_ids), StageRun.status == RunStatus.SUCCEEDED))
+            for r in rows:
+                found.setdefault(r.job_id, {})[r.stage] = r.outputs or {}
+        return found
 
     def _view(self, s: Session, job: Job, runs: list[StageRun] | None = None) -> JobView:
         if runs is None:
@@ -418,6 +490,21 @@ class JobStore:
                 for r in sorted(runs, key=lambda r: spec_order.get(r.stage, 0))
             ],
         )
+
+
+@dataclass
+class BatchRecord:
+    """What recording a batch decided: the runs recorded, tasks to publish, and the jobs it finished
+    (with the references of their intermediate artifacts, now free to delete)."""
+
+    recorded: set[uuid.UUID] = field(default_factory=set)
+    tasks: list[StageTask] = field(default_factory=list)
+    finished: dict[uuid.UUID, list[dict]] = field(default_factory=dict)
+
+
+def _intermediate_refs(job: Job, runs: Iterable[StageRun]) -> list[dict]:
+    kept = {ref["artifact"] for ref in refs_in(job.outputs)}
+    return [ref for run in runs for ref in refs_in(run.outputs) if ref["artifact"] not in kept]
 
 
 def _initial_status(stage: str, ready: set[str], skipped: set[str]) -> RunStatus:

@@ -84,10 +84,11 @@ class WorkerRegistry:
     def batch_started(self, name: str, size: int) -> None:
         self._quietly(self._set, name, batch_size=size, last_heartbeat=_now())
 
-    def batch_done(self, name: str, succeeded: int, failed: int) -> None:
+    def batch_done(self, name: str, succeeded: int, failed: int, size: int | None = None) -> None:
         """Count a finished batch; `batch_size` keeps the size of the last batch."""
+        sized = {} if size is None else {"batch_size": size}
         self._quietly(self._set, name, batches=Worker.batches + 1, jobs_done=Worker.jobs_done + succeeded,
-                      failures=Worker.failures + failed, last_heartbeat=_now())
+                      failures=Worker.failures + failed, last_heartbeat=_now(), **sized)
 
     def stopped(self, name: str) -> None:
         self._quietly(self._set, name, stopped_at=_now(), batch_size=0)

@@ -112,13 +112,14 @@ def test_reconciler_requeues_expired_lease_then_fails_after_max_attempts(store):
 def test_reconciler_republishes_lost_messages(store):
     publisher = Collect()
     job, (task,), _ = store.create_job(store.pipelines.get("echo"), {"prompt": "lost"}, {})
-    # Never published (as if the API died after its commit): the sweep finds it once it is stale.
+    # Marked published in its commit but never published (as if the API died right after the
+    # commit): the sweep finds it once the mark is stale.
     fresh = Collect()
     sweep(store, fresh, requeue_after_s=3600)
     assert task.run_id not in {t.run_id for t in fresh.tasks}
     with store._sessions.begin() as s:
         s.execute(update(StageRun).where(StageRun.id == uuid.UUID(task.run_id))
-                  .values(updated_at=utcnow() - timedelta(seconds=60)))
+                  .values(updated_at=utcnow() - timedelta(seconds=60), enqueued_at=utcnow() - timedelta(seconds=60)))
     sweep(store, publisher, requeue_after_s=30)
     assert task.run_id in {t.run_id for t in publisher.tasks}
     runner = runner_for(store, "echo", "say", publisher)
