@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import Depends, FastAPI
 
-from api import auth, errors
+from api import auth, docs, errors
 from api.limits import BodySizeLimit
 from api.routes import (
     admin,
@@ -38,7 +38,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     # Every route needs an API key; auth.authenticate lets only the health routes through without one.
     app = FastAPI(title="OmniJobs", version=__version__, description="Durable jobs for any-to-any models.",
-                  dependencies=[Depends(auth.authenticate)], responses=auth.RESPONSES)
+                  dependencies=[Depends(auth.authenticate)], responses=auth.RESPONSES,
+                  docs_url=None, redoc_url=None)  # served by api.docs from packaged assets, not a CDN
+    docs.install(app)
     registry = load_registry(settings.pipelines_path)
     celery = make_celery(settings)
     app.state.settings = settings

@@ -308,26 +308,39 @@ def pipelines(
 
 
 def _follow(client, job_id: str) -> None:
-    """Progress from the job's events: one bar per stage, moved by its steps when it reports them."""
+    """Progress from the job's events: a bar per stage, moved by its denoise steps or generated tokens."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    first = client.job(job_id)
+    # A token-streaming stage's bar runs to its max_tokens (it may stop earlier, at end of text).
+    max_tokens = {s["name"]: (s.get("params") or {}).get("max_tokens") for s in first.get("stages") or []}
     job = None
-    console = Console(stderr=True)
-    columns = (TextColumn("{task.description:24}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[state]}"),
-               TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as bars:
+    columns = (TextColumn("{task.description:24}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[unit]} {task.fields[state]}"), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bars:
         tasks: dict[str, int] = {}
+
+        def bar(name: str) -> int:
+            if name not in tasks:
+                tasks[name] = bars.add_task(name, total=1, state="", unit="")
+            return tasks[name]
+
         for event, data in client.events(job_id):
             if event == "stage":
-                name, progress = data["stage"], data.get("progress") or {}
-                if name not in tasks:
-                    tasks[name] = bars.add_task(name, total=1, state="")
-                total = progress.get("steps") or bars.tasks[tasks[name]].total
-                done = progress.get("step", 0)
+                task, progress = bar(data["stage"]), data.get("progress") or {}
+                fields = {"state": data["status"]}
+                if progress.get("steps"):
+                    fields |= {"total": progress["steps"], "completed": progress.get("step", 0), "unit": "steps"}
                 if data["status"] in ("succeeded", "skipped"):
-                    done = total
-                bars.update(tasks[name], total=total, completed=done, state=data["status"])
+                    fields["completed"] = bars.tasks[task].total
+                bars.update(task, **fields)
+            elif event == "delta" and data.get("stage"):
+                task = bar(data["stage"])
+                state = bars.tasks[task]
+                done = state.completed + len(data.get("token_ids") or [])
+                total = max(done, max_tokens.get(data["stage"]) or done)
+                bars.update(task, total=total, completed=done, unit="tokens")
             elif event == "end":
                 job = data
     if job is None:

@@ -151,8 +151,8 @@ def test_output_downloads_range_head_etag(dev):
     """What players and caches send: HEAD, one Range (206), a range past the end (416), If-None-Match (304)."""
     import httpx
 
-    settings = dict(line.split("=", 1) for line in (dev["folder"] / "omnijobs.env").read_text().splitlines())
-    url, key = settings["OMNIJOBS_URL"].strip("'"), settings["OMNIJOBS_API_KEY"].strip("'")
+    settings = _dev_settings(dev)
+    url, key = settings["OMNIJOBS_URL"], settings["OMNIJOBS_API_KEY"]
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
         job = http.post("/v1/jobs", json={"pipeline": "z_image_turbo", "inputs": {"prompt": "ranges"},
                                           "params": {"num_inference_steps": 2, "seed": 5}}).json()
@@ -183,3 +183,29 @@ def test_output_downloads_range_head_etag(dev):
         assert http.get(path, headers={"If-None-Match": etag}).status_code == 304
         assert http.get(path, headers={"Range": "bytes=0-3", "If-Range": '"old"'}).status_code == 200
         assert http.head(f"/v1/jobs/{job['id']}/outputs/nope").status_code == 404
+
+
+def test_docs_are_served_without_a_cdn(dev):
+    """/docs and /redoc load every script and style from the API itself, with no API key."""
+    import httpx
+
+    url = _dev_settings(dev)["OMNIJOBS_URL"]
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for page in ("/docs", "/redoc"):
+            resp = http.get(page)
+            assert resp.status_code == 200 and "text/html" in resp.headers["content-type"], page
+            assets = re.findall(r'(?:src|href)="([^"]+)"', resp.text) + re.findall(r"url: '([^']+)'", resp.text)
+            assert assets, resp.text
+            for asset in assets:
+                assert asset.startswith("/"), f"{page} loads {asset} from elsewhere"
+                got = http.get(asset)
+                assert got.status_code == 200 and len(got.content) > 100, (asset, got.status_code)
+            assert "//" not in "".join(a for a in assets if not a.startswith("/openapi")), assets
+        assert http.get("/openapi.json").json()["info"]["title"] == "OmniJobs"
+
+
+def _dev_settings(dev) -> dict[str, str]:
+    import shlex
+
+    return {name: " ".join(shlex.split(value)) for name, _, value in
+            (line.partition("=") for line in (dev["folder"] / "omnijobs.env").read_text().splitlines())}
