@@ -42,8 +42,19 @@ def _media(request: Request) -> MediaInputs:
 
 
 def _base_url(request: Request) -> str:
-    configured = request.app.state.settings.api_base_url
-    return configured.rstrip("/") if configured else str(request.base_url).rstrip("/")
+    """Where job URLs point: the configured base URL; else this request's own origin if its Host is
+    trusted; else nothing, so URLs are paths.
+
+    NOTE: the Host header is the client's to choose; echoing any Host would let a caller (or a
+    poisoned cache in between) plant links to another site in job URLs and webhook payloads.
+    """
+    settings = request.app.state.settings
+    if settings.api_base_url:
+        return settings.api_base_url.rstrip("/")
+    trusted = {h.strip().lower() for h in settings.trusted_hosts.split(",") if h.strip()}
+    if (request.url.hostname or "").lower() in trusted:
+        return str(request.base_url).rstrip("/")
+    return ""
 
 
 StoreDep = Annotated[JobStore, Depends(_store)]

@@ -18,7 +18,7 @@ from urllib.parse import unquote_to_bytes
 from omnijobs.artifacts.base import Connector, new_key
 from omnijobs.artifacts.refs import make_ref
 from omnijobs.errors import InvalidInput, NotFound, TooLarge
-from omnijobs.fetch import fetch
+from omnijobs.fetch import FetchSlots, fetch
 from omnijobs.media import KINDS, Checked, validate
 from omnijobs.pipelines.spec import PipelineSpec
 from omnijobs.store.files import FileStore, FileView
@@ -53,6 +53,7 @@ class MediaInputs:
         self.settings = settings
         self.files = files
         self.connector = connector
+        self.fetch_slots = FetchSlots(settings.url_fetch_concurrency, settings.url_fetch_per_key)
 
     # ---------------------------------------------------------------- uploads
 
@@ -116,9 +117,10 @@ class MediaInputs:
         if value.startswith("data:"):
             data = self._data_uri(value, field)
         elif value.startswith(("https://", "http://")):
-            data = fetch(value, field=field, max_bytes=self.settings.url_fetch_max_bytes,
-                         timeout_s=self.settings.url_fetch_timeout_s,
-                         allowed_hosts=self.settings.private_hosts_allowed)
+            with self.fetch_slots.hold(owner, field):
+                data = fetch(value, field=field, max_bytes=self.settings.url_fetch_max_bytes,
+                             timeout_s=self.settings.url_fetch_timeout_s,
+                             allowed_hosts=self.settings.private_hosts_allowed)
         else:
             raise InvalidInput(f'{kind} input must be "file:<id>", a data: URI or an http(s) URL', field=field)
         return _Pending(data, validate(data, expect=kind, max_pixels=self.settings.media_max_pixels, field=field))

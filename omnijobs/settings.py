@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     max_media_inputs: int = 8
     url_fetch_timeout_s: float = 20.0
     url_fetch_max_bytes: int = 32 * 1024 * 1024
+    # URL fetches running at once in one API process, in all and per key; over either: 429. 0 = no cap.
+    url_fetch_concurrency: int = 16
+    url_fetch_per_key: int = 4
+    # A job's metadata, as JSON, may not exceed this.
+    metadata_max_bytes: int = 16 * 1024
     # Hosts or IPs exempt from the private-address check of outbound URLs, comma-separated.
     allowed_private_hosts: str = ""
 
@@ -50,6 +55,8 @@ class Settings(BaseSettings):
 
     # Worker process settings.
     torch_threads: int = 1
+    # AR stages (chat, Qwen2.5-VL): "auto" hosts them on vLLM where it is installed, else on transformers.
+    ar_engine: Literal["auto", "transformers", "vllm"] = "auto"
     worker_hostname: str | None = None
 
     # Durability: leases and the reconciler.
@@ -63,6 +70,9 @@ class Settings(BaseSettings):
     retry_backoff_max_s: float = 300.0
 
     api_base_url: str = ""
+    # Without api_base_url, job URLs use the request's Host only when it is one of these
+    # (comma-separated host names, no port); otherwise job URLs are paths without a host.
+    trusted_hosts: str = "127.0.0.1,localhost,::1"
 
     # Webhooks. Jobs without an owner (no API keys) are signed with these `whsec_` secrets,
     # comma-separated, newest first: several sign at once while one is rotated.
@@ -72,6 +82,8 @@ class Settings(BaseSettings):
     webhook_retry_schedule_s: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)
     webhook_jitter: float = 0.1
     webhook_concurrency: int = 8
+    # Sends to one key's receivers at once in one webhook process: a slow receiver cannot take every thread.
+    webhook_per_key_concurrency: int = 2
     webhook_relay_interval_s: float = 1.0
     # A send not recorded this long after it began is taken as lost and retried.
     webhook_lease_s: float = 60.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -143,15 +144,54 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
+# Deeper JSON than this in a job's inputs, params or metadata is refused: no job needs it, and
+# every later walk over the value (storage, rendering) would pay for it.
+MAX_DEPTH = 32
+
+
 def reject_nul(value: Any, field: str = "") -> None:
-    """NUL characters cannot be stored in the job's JSON columns: refuse them up front."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise InvalidInput("strings may not contain NUL (\\u0000) characters", field=field or None)
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            reject_nul(k, field)
-            reject_nul(v, f"{field}.{k}" if field else str(k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            reject_nul(v, f"{field}.{i}")
+    """Refuse what the job's JSON columns cannot hold or should not: NUL characters and lone
+    UTF-16 surrogates (in keys too), NaN and Infinity, nesting deeper than MAX_DEPTH.
+
+    Walks without recursion, so a hostile value cannot exhaust the stack.
+    """
+    stack: list[tuple[Any, str, int]] = [(value, field, 0)]
+    while stack:
+        item, where, depth = stack.pop()
+        if isinstance(item, str):
+            _check_string(item, where)
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise InvalidInput("numbers must be finite (NaN and Infinity are not JSON)", field=where or None)
+        elif isinstance(item, (dict, list)):
+            if depth >= MAX_DEPTH:
+                raise InvalidInput(f"value is nested more than {MAX_DEPTH} levels deep", field=where or None)
+            pairs = item.items() if isinstance(item, dict) else enumerate(item)
+            for k, v in pairs:
+                if isinstance(k, str):  # a bad key is named by the object holding it
+                    _check_string(k, where)
+                stack.append((v, f"{where}.{k}" if where else str(k), depth + 1))
+
+
+def _check_string(value: str, field: str) -> None:
+    if "\x00" in value:
+        raise InvalidInput("strings may not contain NUL (\\u0000) characters", field=field or None)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput("strings may not contain lone UTF-16 surrogates (such as \\ud800)",
+                           field=field or None) from None
+
+
+def check_metadata(metadata: Any, max_bytes: int) -> None:
+    """A job's metadata is the client's own note: an object, and small (metadata_max_bytes)."""
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict):
+        raise InvalidInput("metadata must be an object", field="metadata")
+    reject_nul(metadata, "metadata")
+    size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > max_bytes:
+        raise InvalidInput(f"metadata is {size} bytes as JSON; the limit (metadata_max_bytes) is {max_bytes}",
+                       field="metadata")
+

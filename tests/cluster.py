@@ -166,5 +166,6 @@ def isolated_cluster(settings_env: dict[str, str], log_dir: Path, pipelines: dic
         yield cluster
     finally:
         cluster.stop()
-        broker.delete(*[key for q in queues for key in queue_keys(q)])
+        if queues:
+            broker.delete(*[key for q in queues for key in queue_keys(q)])
         drop_database(pg, db)

@@ -24,7 +24,7 @@ from api.admin_schemas import (
     key_public,
     worker_public,
 )
-from api.auth import require_admin
+from api.auth import require_admin, security_headers
 from api.deps import (
     AdminDep,
     BaseUrlDep,
@@ -35,6 +35,7 @@ from api.deps import (
 )
 from api.schemas import ErrorResponse, JobPublic, job_public
 from omnijobs.cancel import cancel_job
+from omnijobs.pipelines.spec import NAME_PATTERN
 from omnijobs.errors import Conflict, NotFound
 from omnijobs.monitor import queue_overview
 from omnijobs.store.failures import attempts, retry_job
@@ -55,7 +56,7 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(requir
 @router.get("", response_class=HTMLResponse)
 def dashboard() -> HTMLResponse:
     """The dashboard: queues, workers, stats and failed jobs, refreshing itself."""
-    return HTMLResponse((STATIC / "dashboard.html").read_text(), headers={"Cache-Control": "no-store"})
+    return HTMLResponse((STATIC / "dashboard.html").read_text(), headers=security_headers())
 
 
 @router.get("/static/{name}", include_in_schema=False)
@@ -95,7 +96,7 @@ def stats(
 def failed_jobs(
     store: StoreDep,
     status: Literal["failed", "canceled"] = "failed",
-    pipeline: Annotated[str | None, Query(max_length=64)] = None,
+    pipeline: Annotated[str | None, Query(max_length=64, pattern=NAME_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> FailedJobList:

@@ -47,7 +47,7 @@ def test_bad_job_request(client, postgres_url, name, body, status, field):
 def test_malformed_and_oversized_bodies(client, postgres_url):
     before = _counts(postgres_url)
     bad_json = client.post("/v1/jobs", content=b"{not json", headers={"content-type": "application/json"})
-    assert bad_json.status_code == 422 and "JSON" in bad_json.json()["error"]["message"]
+    assert bad_json.status_code == 400 and "not valid JSON" in bad_json.json()["error"]["message"]
     huge = client.post("/v1/jobs", content=b'{"pipeline": "chat", "inputs": {"prompt": "' + b"x" * (9 * 2**20) + b'"}}',
                        headers={"content-type": "application/json"})
     assert huge.status_code == 413 and huge.json()["error"]["code"] == "too_large"
