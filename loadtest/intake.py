@@ -107,7 +107,7 @@ def main() -> None:
     args = parser.parse_args()
     print(machine())
     env = {"OMNIJOBS_RATE_LIMIT_PER_S": "1000000", "OMNIJOBS_RATE_LIMIT_BURST": "1000000"}
-    results: dict[int, tuple[list[dict], list[dict]]] = {}
+    results: dict[int, tuple[list[dict], list[dict], str]] = {}
     with Stack(env=env, api_workers=args.api_workers, keep_logs=args.keep_logs) as stack:
         with psycopg.connect(stack.db_url.replace("postgresql+psycopg://", "postgresql://")) as conn:
             conn.execute("CREATE TABLE bench_intake (id uuid PRIMARY KEY, pipeline text NOT NULL, inputs jsonb, "
@@ -118,8 +118,8 @@ def main() -> None:
             for _ in range(args.repeats):
                 base.append(baseline_run(stack, c, args.seconds))
                 omni.append(omni_run(stack, c, args.seconds))
-            results[c] = (base, omni)
-    for c, (base, omni) in results.items():
+            results[c] = (base, omni, machine())
+    for c, (base, omni, load) in results.items():
         table = Table(f"Intake: POST /v1/jobs, {c} connections, no workers, {args.seconds:g} s runs "
                       f"({args.repeats} repeat(s)); goal ≥ 500 req/s at p99 ≤ 100 ms",
                       "raw INSERT + COMMIT + LPUSH per request")
@@ -128,11 +128,12 @@ def main() -> None:
         table.add("latency p99 (ms)", [b["p99"] * 1000 for b in base], [o["p99"] * 1000 for o in omni], 1)
         table.add(f"API CPU per request (ms, {args.api_workers} API process(es))", None,
                   [o["server_cpu_ms"] for o in omni], 2, ratio=False)
-        table.add("load generator CPU per request (ms)", [b["client_cpu_ms"] for b in base],
+        table.add("CPU of the benchmark process per request (ms)", [b["client_cpu_ms"] for b in base],
                   [o["client_cpu_ms"] for o in omni], 2, ratio=False)
         errors = [o["errors"] for o in omni if o["errors"]]
         table.print([f"Non-202 answers: {errors}" if errors else "Every request answered 202.",
-                     "Rate limit raised to 1e6/s (OMNIJOBS_RATE_LIMIT_PER_S, _BURST) but still checked.", machine()])
+                     "Rate limit raised to 1e6/s (OMNIJOBS_RATE_LIMIT_PER_S, _BURST) but still checked.",
+                     f"After these runs: {load}"])
 
 
 if __name__ == "__main__":
