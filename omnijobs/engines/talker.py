@@ -18,14 +18,13 @@ class MinCodes(LogitsProcessor):
 
     def __init__(self, prompt_len: int, min_tokens: list[int], eos_ids: list[int]):
         self.prompt_len = prompt_len
-        self.min_tokens = min_tokens
+        self.min_tokens = torch.tensor(min_tokens)
         self.eos_ids = eos_ids
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        generated = input_ids.shape[1] - self.prompt_len
-        for i, m in enumerate(self.min_tokens):
-            if generated < m:
-                scores[i, self.eos_ids] = float("-inf")
+        early = (input_ids.shape[1] - self.prompt_len < self.min_tokens).to(scores.device)
+        if early.any():
+            scores[:, self.eos_ids] = scores[:, self.eos_ids].masked_fill(early.unsqueeze(1), float("-inf"))
         return scores
 
 
