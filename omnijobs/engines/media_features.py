@@ -61,8 +61,10 @@ def resample(samples: np.ndarray, src_rate: int, rate: int) -> np.ndarray:
 
 
 def encode_wav(samples, rate: int) -> Media:
-    """A mono 16-bit PCM WAV from float samples in [-1, 1]."""
-    pcm = (np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0) * 32767.0).astype("<i2")
+    """A mono 16-bit PCM WAV from float samples in [-1, 1]: louder samples clip, NaN is silence,
+    and each sample rounds to the nearest step (truncation would bias quiet audio towards 0)."""
+    samples = np.nan_to_num(np.asarray(samples, dtype=np.float32), nan=0.0, posinf=1.0, neginf=-1.0)
+    pcm = np.rint(np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
     buf = io.BytesIO()
     with wave.open(buf, "wb") as wav:
         wav.setnchannels(1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from omnijobs.models.processors import MEL_BINS, save_media_processors, write_handoff
-from omnijobs.models.tiny import builder
+from omnijobs.models.tiny import builder, set_output_level
 
 IMAGE, VIDEO, AUDIO = "<|image_pad|>", "<|video_pad|>", "<|audio_pad|>"
 VISION_START, VISION_END, AUDIO_START, AUDIO_END = "<|vision_start|>", "<|vision_end|>", "<|audio_start|>", "<|audio_end|>"
@@ -26,7 +26,7 @@ SPEAKERS = {"ethan": 70, "chelsie": 71}
 ACCEPT_HIDDEN_LAYER = 1
 
 
-@builder("tiny/qwen3_omni")
+@builder("tiny/qwen3_omni", version=2)
 def build_qwen3_omni(out: Path) -> None:
     import torch
     from transformers import (
@@ -48,7 +48,11 @@ def build_qwen3_omni(out: Path) -> None:
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     torch.manual_seed(0)
     rope = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [4, 6, 6], "interleaved": True}
-    moe = {"moe_intermediate_size": 32, "num_experts": 4, "num_experts_per_tok": 2, "shared_expert_intermediate_size": 32}
+    # As in the released checkpoint: the thinker has no shared expert (vLLM builds one, unweighted,
+    # for any other value, and its logits turn NaN); the talker's is twice an expert's width.
+    moe = {"moe_intermediate_size": 32, "num_experts": 4, "num_experts_per_tok": 2}
+    thinker_moe = {**moe, "shared_expert_intermediate_size": 0}
+    talker_moe = {**moe, "shared_expert_intermediate_size": 64}
     thinker_config = Qwen3OmniMoeThinkerConfig(
         audio_config={"num_mel_bins": MEL_BINS, "encoder_layers": 1, "encoder_attention_heads": 2, "encoder_ffn_dim": 64,
                           "d_model": 32, "output_dim": HIDDEN, "n_window": 50, "n_window_infer": 100, "conv_chunksize": 50,
@@ -58,7 +62,7 @@ def build_qwen3_omni(out: Path) -> None:
                            "deepstack_visual_indexes": [0]},
         text_config=dict(vocab_size=len(tok), hidden_size=HIDDEN, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=2048,
-                         rope_parameters=rope, eos_token_id=im_end, pad_token_id=tok.pad_token_id, **moe),
+                         rope_parameters=rope, eos_token_id=im_end, pad_token_id=tok.pad_token_id, **thinker_moe),
         audio_token_id=ids[AUDIO], image_token_id=ids[IMAGE], video_token_id=ids[VIDEO],
         audio_start_token_id=ids[AUDIO_START], vision_start_token_id=ids[VISION_START],
         audio_end_token_id=ids[AUDIO_END], vision_end_token_id=ids[VISION_END],
@@ -74,7 +78,7 @@ def build_qwen3_omni(out: Path) -> None:
     talker_config = Qwen3OmniMoeTalkerConfig(
         text_config=dict(vocab_size=TALKER_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=4096,
-                         rope_parameters=rope, **moe),
+                         rope_parameters=rope, **talker_moe),
         code_predictor_config={"vocab_size": CODEBOOK, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
                                    "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32,
                                    "num_code_groups": CODE_GROUPS, "max_position_embeddings": 64},
@@ -92,4 +96,7 @@ def build_qwen3_omni(out: Path) -> None:
         num_hidden_layers=1, num_quantizers=CODE_GROUPS, sliding_window=16, max_position_embeddings=2048,
         upsample_rates=[8, 5, 4, 3], upsampling_ratios=[2, 2], decoder_dim=64,
     )
-    Qwen3OmniMoeCode2Wav(c2w_config).save_pretrained(c2w_dir)
+    c2w = Qwen3OmniMoeCode2Wav(c2w_config).eval()
+    probe_codes = torch.randint(0, CODEBOOK, (1, CODE_GROUPS, 32))
+    set_output_level(c2w.decoder[-1].conv, lambda: c2w(probe_codes))
+    c2w.save_pretrained(c2w_dir)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from omnijobs.models.processors import MEL_BINS, save_media_processors, write_handoff
-from omnijobs.models.tiny import builder
+from omnijobs.models.tiny import builder, set_output_level
 
 # Special tokens of the thinker's vocabulary; names follow the released tokenizer.
 IMAGE, AUDIO, VIDEO = "<|IMAGE|>", "<|AUDIO|>", "<|VIDEO|>"
@@ -25,7 +25,7 @@ CODEC_VOCAB = 96
 CODEC_PAD, CODEC_BOS, CODEC_EOS, CODEC_MASK = 92, 93, 94, 95
 
 
-@builder("tiny/qwen2_5_omni")
+@builder("tiny/qwen2_5_omni", version=2)
 def build_qwen2_5_omni(out: Path) -> None:
     import torch
     from transformers import (
@@ -59,7 +59,10 @@ def build_qwen2_5_omni(out: Path) -> None:
         text_config={"vocab_size": vocab, "hidden_size": TEXT_HIDDEN, "intermediate_size": 128, "num_hidden_layers": 2,
                          "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 2048,
                          "rope_parameters": rope, "eos_token_id": tok.convert_tokens_to_ids("<|im_end|>"),
-                         "pad_token_id": tok.pad_token_id},
+                         "pad_token_id": tok.pad_token_id,
+                         # The text config's default ties lm_head to the embeddings, which vLLM
+                         # then drops; the released checkpoint has its own lm_head.
+                         "tie_word_embeddings": False},
         user_token_id=tok.convert_tokens_to_ids("<|im_start|>"),
         **token_ids,
     )
@@ -93,11 +96,15 @@ def build_qwen2_5_omni(out: Path) -> None:
                             "resblock_dilation_sizes": [[1, 3, 5]], "upsample_rates": [5, 3, 2, 2, 2, 2],
                             "upsample_kernel_sizes": [11, 7, 4, 4, 4, 4]},
     )
-    t2w = Qwen2_5OmniToken2WavModel(t2w_config).float()
-    t2w.save_pretrained(t2w_dir)
+    t2w = Qwen2_5OmniToken2WavModel(t2w_config).float().eval()
     speakers = {
         name: {"bos_token": tok.convert_tokens_to_ids(token), "cond": torch.randn(1, enc_dim),
                "ref_mel": torch.randn(1, 30, 80)}
         for name, token in SPEAKERS.items()
     }
+    chelsie = speakers["Chelsie"]
+    probe_codes = torch.randint(0, CODEC_VOCAB - 4, (1, 32))
+    set_output_level(t2w.code2wav_bigvgan_model.conv_post,
+                     lambda: t2w(probe_codes, conditioning=chelsie["cond"], reference_mel=chelsie["ref_mel"], num_steps=4))
+    t2w.save_pretrained(t2w_dir)
     torch.save(speakers, t2w_dir / "spk_dict.pt")

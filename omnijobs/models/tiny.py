@@ -12,14 +12,25 @@ from pathlib import Path
 
 # folder under the models dir -> builder. Later model families register theirs here.
 BUILDERS: dict[str, Callable[[Path], None]] = {}
+# folder -> builder version: a folder built by an older version is rebuilt.
+VERSIONS: dict[str, int] = {}
 
 
-def builder(folder: str):
+def builder(folder: str, version: int = 1):
     def register(fn: Callable[[Path], None]) -> Callable[[Path], None]:
         BUILDERS[folder] = fn
+        VERSIONS[folder] = version
         return fn
 
     return register
+
+
+def _current(marker: Path, folder: str) -> bool:
+    try:
+        built = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    return built.get("version", 1) == VERSIONS[folder]
 
 
 @builder("tiny/qwen2")
@@ -47,6 +58,22 @@ def build_qwen2_lm(out: Path) -> None:
     Qwen2ForCausalLM(config).save_pretrained(out)
 
 
+def set_output_level(layer, probe, target_std: float = 0.05) -> None:
+    """Scale a speech decoder's last (linear, bias-free) layer so `probe()` outputs noise of
+    `target_std` (peaks near 0.3).
+
+    Random weights leave the tiny decoders' output near 1e-7, below one 16-bit step: their WAVs
+    would be silent, which looks like a bug to anyone listening.
+    """
+    import torch
+
+    with torch.no_grad():
+        if getattr(layer, "bias", None) is not None:
+            layer.bias.zero_()
+        std = float(probe().float().std())
+        layer.weight.mul_(target_std / std)
+
+
 def build_tiny(models_dir: Path, only: list[str] | None = None, force: bool = False) -> list[Path]:
     """Build every registered tiny model that is missing (or all with force). Returns the folders built."""
     built = []
@@ -55,11 +82,11 @@ def build_tiny(models_dir: Path, only: list[str] | None = None, force: bool = Fa
             continue
         out = Path(models_dir) / folder
         marker = out / ".omnijobs-tiny.json"
-        if marker.exists() and not force:
+        if _current(marker, folder) and not force:
             continue
         out.mkdir(parents=True, exist_ok=True)
         build(out)
-        marker.write_text(json.dumps({"builder": folder}))
+        marker.write_text(json.dumps({"builder": folder, "version": VERSIONS[folder]}))
         built.append(out)
     return built
 

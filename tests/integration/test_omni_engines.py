@@ -9,6 +9,7 @@ import wave
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from omnijobs.engines.base import Media, StageRequest
@@ -63,6 +64,19 @@ def parse_wav(media: Media) -> tuple[int, int]:
     with wave.open(io.BytesIO(media.data)) as w:
         assert w.getnchannels() == 1
         return w.getframerate(), w.getnframes()
+
+
+def pcm(media: Media) -> np.ndarray:
+    with wave.open(io.BytesIO(media.data)) as w:
+        return np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.int32)
+
+
+def check_audible(media: Media) -> None:
+    """Noise a listener hears: well above one 16-bit step, below clipping, not a DC offset."""
+    samples = pcm(media)
+    peak = int(np.abs(samples).max())
+    assert 300 < peak < 32767, peak
+    assert samples.std() > 100 and abs(samples.mean()) < samples.std()
 
 
 PROMPTS = ["describe the picture and the sound", "write a short poem about the sea", "hello world"]
@@ -130,6 +144,56 @@ def test_qwen2_5_omni_thinker_talker_token2wav(models):
         # 480 samples of 24 kHz audio per code.
         assert rate == 24000 and frames == 480 * talked[k]["codes"]["codes"].shape[0] > 0
     assert isinstance(wavs[2], FatalStageError) and "codebook" in str(wavs[2])
+    for w in wavs[:2]:
+        check_audible(w["audio"])
+
+
+def t2w_request(run_id: str, n: int, seed: int | None, speaker: str = "Chelsie", steps: int = 4) -> StageRequest:
+    codes = torch.randint(0, 92, (n,), generator=torch.Generator().manual_seed(n))
+    return StageRequest(run_id, {"codes": {"codes": codes}, "speaker": speaker}, {"num_steps": steps, "seed": seed})
+
+
+def test_token2wav_renders_a_batch_at_once_as_each_row_alone(models):
+    t2w = engine(models, "qwen2_5_omni_token2wav", "tiny/qwen2_5_omni/token2wav")
+    batch = [t2w_request("a", 40, 1), t2w_request("b", 17, 2, "Ethan"), t2w_request("c", 29, 3),
+             t2w_request("d", 40, 4, "Ethan"), t2w_request("e", 8, 5, steps=6)]
+    together = t2w.run(batch)
+    for req, out in zip(batch, together):
+        alone = t2w.run([req])[0]
+        assert out["usage"]["samples"] == 480 * req.inputs["codes"]["codes"].shape[0]
+        assert np.abs(pcm(out["audio"]) - pcm(alone["audio"])).max() <= 1
+        check_audible(out["audio"])
+    # Each row's noise is its own: another seed, another waveform; the same seed, the same one.
+    reseeded = t2w.run([t2w_request("a", 40, 9)])[0]
+    assert np.abs(pcm(reseeded["audio"]) - pcm(together[0]["audio"])).max() > 100
+    assert t2w.run([t2w_request("a", 40, 1)])[0]["audio"].data == t2w.run([batch[0]])[0]["audio"].data
+
+
+def test_token2wav_batch_matches_the_models_own_render(models):
+    """The batched solve is the model's own: one row through `Qwen2_5OmniToken2WavModel.forward`
+    with the same noise (its global generator seeded alike) gives the same waveform."""
+    t2w = engine(models, "qwen2_5_omni_token2wav", "tiny/qwen2_5_omni/token2wav")
+    req = t2w_request("a", 23, 7, "Ethan", steps=5)
+    ours = t2w.run([t2w_request("z", 31, 8), req])[1]
+    spk = torch.load(models / "tiny/qwen2_5_omni/token2wav/spk_dict.pt", weights_only=True)["Ethan"]
+    torch.manual_seed(7)
+    with torch.no_grad():
+        ref = t2w.model(req.inputs["codes"]["codes"].unsqueeze(0), conditioning=spk["cond"],
+                        reference_mel=spk["ref_mel"], num_steps=5)
+    from omnijobs.engines.media_features import encode_wav
+
+    assert np.abs(pcm(ours["audio"]) - pcm(encode_wav(ref.reshape(-1).numpy(), 24000))).max() <= 1
+
+
+def test_token2wav_unseeded_rows_differ_and_canceled_rows_fail(models):
+    canceled = {"gone"}
+    t2w = engine(models, "qwen2_5_omni_token2wav", "tiny/qwen2_5_omni/token2wav",
+                 should_stop=lambda run_id: run_id in canceled)
+    out = t2w.run([t2w_request("a", 12, None), t2w_request("b", 12, None), t2w_request("gone", 12, 1),
+                   t2w_request("f", 12, 1, speaker="Nobody")])
+    assert np.abs(pcm(out[0]["audio"]) - pcm(out[1]["audio"])).max() > 100
+    assert isinstance(out[2], FatalStageError) and "canceled" in str(out[2])
+    assert isinstance(out[3], FatalStageError) and "Nobody" in str(out[3])
 
 
 def test_text_only_rows_make_no_handoff(models):
@@ -195,9 +259,12 @@ def test_qwen3_omni_thinker_talker_code2wav(models):
         assert rate == 24000 and n > 0
         frames.append(n)
     assert frames[0] > frames[1]
-    # Decoding a row with others (zero-padded to the longest) gives the same audio as decoding it alone.
-    alone = c2w.run([StageRequest("w1", {"codes": talked[1]["codes"]}, {})])[0]["audio"].data
-    assert alone == wavs[1]["audio"].data
+    # Decoding a row with others (zero-padded to the longest) gives the same audio as decoding it alone
+    # (to one 16-bit step: a different batch shape may round the last float bit differently).
+    alone = c2w.run([StageRequest("w1", {"codes": talked[1]["codes"]}, {})])[0]["audio"]
+    assert np.abs(pcm(alone) - pcm(wavs[1]["audio"])).max() <= 1
+    for w in wavs:
+        check_audible(w["audio"])
 
 
 def test_qwen2_5_vl_images_and_text(models):
@@ -237,3 +304,34 @@ def test_checkpoint_missing_a_weight_is_refused(models, tmp_path, engine_name, f
     with pytest.raises(EngineDead, match="lacks 1 weight"):
         engine(models, engine_name, str(tmp_path / "partial"))
     assert dropped
+
+
+def _head_dim(text: dict) -> int:
+    return text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
+
+
+def test_tiny_models_are_shaped_for_vllm(models):
+    """What vLLM needs of the tiny models it serves: CPU attention wants head_dim >= 32, an untied
+    lm_head where the checkpoint has one, and no shared expert the checkpoint lacks."""
+    import json
+
+    from safetensors import safe_open
+
+    def config(folder):
+        return json.loads((models / folder / "config.json").read_text())
+
+    texts = {
+        "tiny/qwen2": config("tiny/qwen2"),
+        "tiny/qwen2_5_vl": config("tiny/qwen2_5_vl")["text_config"],
+        "tiny/qwen2_5_omni/thinker": config("tiny/qwen2_5_omni/thinker")["text_config"],
+        "tiny/qwen3_omni/thinker": config("tiny/qwen3_omni/thinker")["text_config"],
+    }
+    for folder, text in texts.items():
+        assert _head_dim(text) >= 32, folder
+    assert texts["tiny/qwen2_5_omni/thinker"]["tie_word_embeddings"] is False
+    with safe_open(models / "tiny/qwen2_5_omni/thinker/model.safetensors", "pt") as f:
+        lm_head, embed = f.get_tensor("lm_head.weight"), f.get_tensor("model.embed_tokens.weight")
+    assert not torch.equal(lm_head, embed)
+    assert texts["tiny/qwen3_omni/thinker"]["shared_expert_intermediate_size"] == 0
+    talker = config("tiny/qwen3_omni/talker")["text_config"]
+    assert talker["shared_expert_intermediate_size"] == 2 * talker["moe_intermediate_size"]

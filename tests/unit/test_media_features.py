@@ -47,4 +47,10 @@ def test_encode_wav_round_trips_at_the_given_rate():
     assert out.content_type == "audio/wav"
     with wave.open(io.BytesIO(out.data)) as w:
         assert (w.getframerate(), w.getnchannels(), w.getsampwidth(), w.getnframes()) == (24000, 1, 2, 4)
-        assert np.frombuffer(w.readframes(4), "<i2").tolist() == [0, 16383, -16383, 32767]  # clipped to 1.0
+        assert np.frombuffer(w.readframes(4), "<i2").tolist() == [0, 16384, -16384, 32767]  # rounded; 2.0 clipped
+
+
+def test_encode_wav_rounds_quiet_samples_and_silences_nan():
+    out = encode_wav(np.array([1e-4, -1e-4, np.nan, -np.inf]), 24000)
+    with wave.open(io.BytesIO(out.data)) as w:
+        assert np.frombuffer(w.readframes(4), "<i2").tolist() == [3, -3, 0, -32767]
