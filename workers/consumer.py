@@ -14,12 +14,15 @@ nothing (no timer) to re-arm.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from celery import Celery
 
@@ -59,6 +62,10 @@ class BatchConsumer:
         self.on_ready = on_ready
         self.on_idle = on_idle or (lambda: None)
         self._buffer: list = []
+        # Messages held until their ETA (retry backoff): (due, seq, body, message), unacknowledged.
+        self._delayed: list = []
+        self._seq = itertools.count()
+        self._consumer = None
         self._requeue_backoff_s = 0.0
 
     def run(self) -> None:
@@ -71,7 +78,8 @@ class BatchConsumer:
                                        callback=lambda: self.stop.is_set() and _raise_stop())
                 queue = self.app.amqp.queues[self.queue_name]
                 with conn.Consumer([queue], callbacks=[self._on_message], accept=["json"],
-                                   prefetch_count=self.max_size):
+                                   prefetch_count=self.max_size) as consumer:
+                    self._consumer = consumer
                     if not announced and self.on_ready:
                         self.on_ready()
                         announced = True
@@ -81,24 +89,51 @@ class BatchConsumer:
             except (*conn.connection_errors, *conn.channel_errors, OSError) as exc:
                 log.warning("broker connection to %s lost (%s); reconnecting", self.queue_name, exc)
                 self._buffer.clear()  # unacknowledged: the broker gives them back
+                self._delayed.clear()
                 self.stop.wait(0.5)
             finally:
                 _close_quietly(conn)
 
     def _on_message(self, body, message) -> None:
+        due = _eta(message)
+        if due is not None and due > time.time():
+            heapq.heappush(self._delayed, (due, next(self._seq), body, message))
+            self._set_prefetch()
+            return
         self._buffer.append((body, message))
+
+    def _set_prefetch(self) -> None:
+        # Held messages must not use up the slots that bring in work that is due now.
+        if self._consumer is not None:
+            self._consumer.qos(prefetch_count=self.max_size + len(self._delayed))
+
+    def _release_due(self) -> float:
+        """Move held messages whose time has come to the batch; seconds until the next one is due."""
+        released = False
+        while self._delayed and self._delayed[0][0] <= time.time():
+            _, _, body, message = heapq.heappop(self._delayed)
+            self._buffer.append((body, message))
+            released = True
+        if released:
+            self._set_prefetch()
+        return self._delayed[0][0] - time.time() if self._delayed else float("inf")
 
     def _consume(self, conn) -> None:
         idle_s = 0.0
         while not self.stop.is_set():
-            try:
-                conn.drain_events(timeout=0.05 if self.idle_poll_backoff else 1.0)
-            except socket.timeout:
-                self.on_idle()
-                if self.idle_poll_backoff:
-                    idle_s = min(max(idle_s * 2, 0.05), 0.5)
-                    self.stop.wait(idle_s)
-                continue
+            next_due_s = self._release_due()
+            if not self._buffer:
+                block_s = 0.05 if self.idle_poll_backoff else 1.0
+                try:
+                    conn.drain_events(timeout=max(0.001, min(block_s, next_due_s)))
+                except socket.timeout:
+                    self.on_idle()
+                    if self.idle_poll_backoff and not self._delayed:
+                        idle_s = min(max(idle_s * 2, 0.05), 0.5)
+                        self.stop.wait(idle_s)
+                    continue
+                if not self._buffer:  # only held messages arrived
+                    continue
             idle_s = 0.0
             self._fill(conn)
             batch, self._buffer = self._buffer[: self.max_size], self._buffer[self.max_size:]
@@ -136,6 +171,18 @@ class BatchConsumer:
         self._requeue_backoff_s = 0.0
         for d in deliveries:
             d.message.ack()
+
+
+def _eta(message) -> float | None:
+    """The message's not-before time (epoch seconds), if it carries one."""
+    eta = (message.headers or {}).get("eta")
+    if not eta:
+        return None
+    try:
+        at = datetime.fromisoformat(eta)
+    except (TypeError, ValueError):
+        return None
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
 
 
 def _parse(body, message) -> tuple[str, int] | None:
