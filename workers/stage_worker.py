@@ -68,7 +68,10 @@ def build_runner(settings: Settings, registry, spec, stage_name: str, device: st
     check_device(device)
     flags = CancelFlags()
     store = JobStore(make_engine(settings.database_url, pool_size=2), registry)
-    engine = create_engine(spec.stage(stage_name), device, settings.models_dir, should_stop=flags.should_stop,
+    from omnijobs.engines.choice import choose_engine
+
+    stage = choose_engine(spec.stage(stage_name), settings.ar_engine)  # vLLM where installed, for the AR kinds
+    engine = create_engine(stage, device, settings.models_dir, should_stop=flags.should_stop,
                            report_progress=ProgressReporter(store).report,
                            emit_delta=delta_sink(settings, stage_name))
     engine.load()
@@ -101,6 +104,7 @@ def run_worker(settings: Settings, stage_refs: str | list[str], device: str = "c
     pin_device(device)
     from omnijobs.pipelines import load_registry
     from workers.celery_app import make_celery
+    from workers.continuous import ContinuousLoop, is_continuous
     from workers.publisher import CeleryPublisher
 
     refs = [stage_refs] if isinstance(stage_refs, str) else list(dict.fromkeys(stage_refs))
@@ -117,10 +121,12 @@ def run_worker(settings: Settings, stage_refs: str | list[str], device: str = "c
         worker_name = f"{ref}@{hostname}:{os.getpid()}"
         runner = build_runner(settings, registry, spec, stage.name, device, worker_name, publisher)
         queue = spec.queue(stage.name)
-        workers, beat = register_worker(settings, worker_name, hostname, ref, queue, device, stage)
-        loops.append(_StageLoop(app, ref, queue, stage, runner, workers, worker_name, beat, stop,
+        hosted = runner.engine.ctx.stage  # with the engine kind this worker chose
+        workers, beat = register_worker(settings, worker_name, hostname, ref, queue, device, hosted)
+        loop_class = ContinuousLoop if is_continuous(runner.engine) else _StageLoop
+        loops.append(loop_class(app, ref, queue, stage, runner, workers, worker_name, beat, stop,
                                 polled=settings.broker_url.startswith("filesystem://")))
-        log.info("worker %s: engine %s loaded on %s, consuming %s", worker_name, stage.engine, device, queue)
+        log.info("worker %s: engine %s loaded on %s, consuming %s", worker_name, hosted.engine, device, queue)
     _stop_on_signals(stop)
     threads = [threading.Thread(target=loop.run, name=f"stage-{loop.ref}") for loop in loops]
     for t in threads:

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from omnijobs.engines.base import Engine, RowResult, StageRequest, _no_deltas
+from omnijobs.engines.hub import not_found
+from omnijobs.engines.vllm.children import watch_children
 from omnijobs.engines.vllm.params import sampling_params
 from omnijobs.engines.vllm.prompts import prompt_builder
-from omnijobs.engines.vllm.runtime import start_engine, stop_engine
+from omnijobs.engines.vllm.runtime import ENV_DEFAULTS, start_engine, stop_engine
 from omnijobs.errors import EngineDead, FatalStageError
 
 log = logging.getLogger(__name__)
@@ -38,8 +41,9 @@ class VLLMEngine(Engine):
     def load(self) -> None:
         path = self.ctx.model_path
         if not (path / "config.json").is_file():
-            raise EngineDead(f"model folder not found: {path} (build tiny models with `omnijobs models build-tiny`"
-                             " or fetch a checkpoint with `omnijobs models pull`)")
+            raise not_found(self.ctx.stage.model or str(path), path)
+        if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", ENV_DEFAULTS["VLLM_ENABLE_V1_MULTIPROCESSING"]) != "0":
+            watch_children()  # vLLM's engine core runs in a child process: it must die with us
         self.llm = start_engine(self.ctx.stage, path, self.ctx.device)
         self.tokenizer = self.llm.get_tokenizer()
         model_type = json.loads((path / "config.json").read_text()).get("model_type", "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -53,22 +54,32 @@ def engine_arguments(stage: StageSpec, model_path: Path, device: str) -> dict[st
     args.update(given)
     if "limit_mm_per_prompt" in args:
         args["limit_mm_per_prompt"] = dict(args["limit_mm_per_prompt"])
-    processor = _image_processor_kwargs(model_path)
-    if processor:
-        args["mm_processor_kwargs"] = processor
     return args
 
 
-def _image_processor_kwargs(model_path: Path) -> dict[str, Any]:
-    """Pixel bounds of a stage folder that keeps its image processor in a subfolder (the tiny builds).
+def vllm_model_folder(model_path: Path) -> Path:
+    """The folder vLLM loads: the stage folder, or a folder of links to it with one processor config.
 
-    Released checkpoints keep preprocessor_config.json at the top, where vLLM reads it itself.
+    vLLM reads preprocessor_config.json at the top of a checkpoint, as released checkpoints keep it
+    (image processor and audio feature extractor share that one file). The tiny builds keep each in
+    its own subfolder; for those, the two are merged into one file beside links to everything else.
     """
-    path = model_path / "image_processor" / "preprocessor_config.json"
-    if (model_path / "preprocessor_config.json").exists() or not path.exists():
-        return {}
-    config = json.loads(path.read_text())
-    return {k: config[k] for k in ("min_pixels", "max_pixels") if config.get(k) is not None}
+    parts = [model_path / sub / "preprocessor_config.json" for sub in ("image_processor", "feature_extractor")]
+    parts = [p for p in parts if p.is_file()]
+    if (model_path / "preprocessor_config.json").exists() or not parts:
+        return model_path
+    merged: dict[str, Any] = {}
+    for part in reversed(parts):  # the image processor's keys win where both have one
+        merged.update(json.loads(part.read_text()))
+    digest = hashlib.sha256(str(model_path.resolve()).encode() + json.dumps(merged, sort_keys=True).encode())
+    view = Path(os.environ["VLLM_CACHE_ROOT"]) / "model-views" / digest.hexdigest()[:16]
+    view.mkdir(parents=True, exist_ok=True)
+    for entry in model_path.iterdir():
+        link = view / entry.name
+        if not link.exists() and not link.is_symlink():
+            link.symlink_to(entry.resolve())
+    (view / "preprocessor_config.json").write_text(json.dumps(merged, indent=1))
+    return view
 
 
 def start_engine(stage: StageSpec, model_path: Path, device: str):
@@ -80,8 +91,9 @@ def start_engine(stage: StageSpec, model_path: Path, device: str):
     if not (model_path / "config.json").is_file():
         raise EngineDead(f"model folder not found: {model_path} (build tiny models with `omnijobs models build-tiny`"
                          " or fetch a checkpoint with `omnijobs models pull`)")
+    folder = vllm_model_folder(model_path)
     try:
-        return LLMEngine.from_engine_args(EngineArgs(**engine_arguments(stage, model_path, device)))
+        return LLMEngine.from_engine_args(EngineArgs(**engine_arguments(stage, folder, device)))
     except (ValueError, RuntimeError, OSError) as exc:
         raise EngineDead(f"vLLM could not start on {model_path}: {type(exc).__name__}: {exc}") from exc
 
