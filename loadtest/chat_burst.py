@@ -36,7 +36,7 @@ class Baseline:
     def __init__(self, model_dir: Path, device: str):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.device = "cpu" if device == "cpu" else device
+        self.device = device
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir).to(self.device).eval()
 
@@ -77,13 +77,16 @@ def main() -> None:
     args = parser.parse_args()
     print(machine())
     configure_baseline_threads(args.baseline_threads)
+    from omnijobs.engines.factory import resolve_model_path
     from omnijobs.models.tiny import build_tiny
+    from omnijobs.pipelines import load_registry
     from omnijobs.settings import get_settings
 
     models = args.models or get_settings().models_dir
+    path = resolve_model_path(load_registry().get("chat").stages["generate"].model, models)
     if args.models is None:
-        build_tiny(models, only=["tiny/qwen2"])
-    baseline = Baseline(models / "tiny/qwen2", args.device)
+        build_tiny(models, only=[str(path.relative_to(models))])
+    baseline = Baseline(path, args.device)
     base, omni = [], []
     with Stack(models_dir=models, device=args.device, keep_logs=args.keep_logs) as stack:
         stack.start_workers(["chat.generate"])

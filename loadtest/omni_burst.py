@@ -81,7 +81,8 @@ def load_full_model(pipeline: str, stages_dir: Path, full: Path | None, device: 
     with torch.device("meta"):  # every part is replaced by its loaded stage next
         model = full_cls(config)
     for name, part in loaded.items():
-        setattr(model, name, part.float() if name != "thinker" else part)
+        # The speech decoders run in float32, as the stage engines and the full model's generate run them.
+        setattr(model, name, part.float() if name in ("token2wav", "code2wav") else part)
     if pipeline == "qwen2_5_omni":
         model.load_speakers(stages_dir / "token2wav" / "spk_dict.pt")
     return model.to(device).eval(), tokenizer
