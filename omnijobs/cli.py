@@ -179,6 +179,22 @@ def dev(
     raise typer.Exit(run_dev(get_settings(), options, echo=typer.echo))
 
 
+@models_app.command("pull")
+def models_pull(
+    target: Annotated[str, typer.Argument(help="a pipeline name (shipped, real/ or loaded) or a hub id")],
+    revision: Annotated[Optional[str], typer.Option(help="hub revision (one hub id only)")] = None,
+) -> None:
+    """Download the hub models a pipeline's stages name (or one hub id) into the hub cache."""
+    from omnijobs.engines.hub import ModelNotFound, pull_target
+
+    settings = get_settings()
+    try:
+        for model, path in pull_target(target, settings, revision):
+            typer.echo(f"{model}: {path}")
+    except ModelNotFound as exc:
+        _fail(str(exc))
+
+
 @models_app.command("build-tiny")
 def build_tiny(
     out: Annotated[Optional[Path], typer.Option(help="models folder (default: OMNIJOBS_MODELS_DIR)")] = None,

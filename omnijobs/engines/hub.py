@@ -7,6 +7,7 @@ HF_HOME, laid out as huggingface_hub lays it out), so a worker starts the same w
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -56,3 +57,33 @@ def pull(repo_id: str, revision: str | None = None) -> Path:
     from huggingface_hub import snapshot_download
 
     return Path(snapshot_download(repo_id, revision=revision))
+
+
+def pull_target(target: str, settings, revision: str | None = None) -> list[tuple[str, Path]]:
+    """`omnijobs models pull`: the hub models of a pipeline (one not already a local folder), or one id.
+
+    Pipelines are looked up among the loaded ones and the real-checkpoint ones shipped in
+    pipelines/builtin/real. Returns (model, snapshot folder) pairs.
+    """
+    from omnijobs.errors import OmniJobsError
+    from omnijobs.pipelines.registry import BUILTIN_DIR, load_registry
+
+    extra = [p for p in settings.pipelines_path.split(os.pathsep) if p] + [str(BUILTIN_DIR / "real")]
+    try:
+        spec = load_registry(os.pathsep.join(extra)).get(target)
+    except (KeyError, OmniJobsError):
+        spec = None
+    if spec is None:
+        if not is_hub_id(target):
+            raise ModelNotFound(f"'{target}' is neither a pipeline nor a hub id (owner/name)")
+        models = [target]
+    else:
+        models = sorted({s.model for s in spec.stages.values() if s.model and is_hub_id(s.model)
+                         and not (Path(settings.models_dir) / s.model).exists()})
+    pulled = []
+    for model in models:
+        try:
+            pulled.append((model, pull(model, revision)))
+        except Exception as exc:  # offline, unknown id, no access: say which model and why
+            raise ModelNotFound(f"could not fetch '{model}': {type(exc).__name__}: {exc}") from exc
+    return pulled
