@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import Depends, FastAPI
 
-from api import auth, docs, errors
+from api import auth, docs, errors, openai
 from api.limits import BodySizeLimit
 from api.routes import (
     admin,
@@ -63,5 +63,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     for module in (health, jobs, outputs, pipelines, deliveries, files):
         app.include_router(module.router)
+    app.include_router(openai.router)  # OpenAI-compatible routes, errors in OpenAI's shape
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, exempt=("/v1/files",))
     return app

@@ -29,7 +29,8 @@ class DeltaSink:
 
     def emit(self, rows: Sequence[tuple[Any, dict[str, Any]]]) -> None:
         """One delta per row: (request or job id, {"text": ..., "token_ids": [...], ...})."""
-        entries = [(_job_id(req), {"stage": self.stage, "run_id": getattr(req, "run_id", None), **delta})
+        entries = [(_job_id(req), {"stage": self.stage, "run_id": getattr(req, "run_id", None), **delta,
+                                   **({"text": _as_stored(delta["text"])} if "text" in delta else {})})
                    for req, delta in rows]
         self._write([(job_id, DELTA, data, self.config.ttl_s) for job_id, data in entries if job_id])
 
@@ -40,6 +41,12 @@ class DeltaSink:
     def end(self, job_id: str, status: str) -> None:
         """The job reached a final state: readers stop, and the stream expires soon after."""
         self._write([(str(job_id), END, {"status": status}, self.config.ended_ttl_s)])
+
+    def nudge(self, changes: dict[str, str], ended: frozenset[str] | set[str] = frozenset()) -> None:
+        """State changes of a whole batch in one round trip: {job id: status}; `ended` are final."""
+        self._write([(str(job_id), END if job_id in ended else STATUS, {"status": status},
+                      self.config.ended_ttl_s if job_id in ended else self.config.ttl_s)
+                     for job_id, status in changes.items()])
 
     def _write(self, entries: list[tuple[str, str, dict, int]]) -> None:
         if not entries:
@@ -56,6 +63,12 @@ class DeltaSink:
             if now - self._last_error > 30:
                 self._last_error = now
                 log.warning("event channel unavailable, deltas dropped: %s", exc)
+
+
+def _as_stored(text: str) -> str:
+    # NOTE: the store writes NUL (which byte-level tokenizers can decode to) as U+FFFD, since Postgres
+    # JSON cannot hold it; the deltas do the same, so they still join to the stored text.
+    return text.replace("\x00", "\ufffd")
 
 
 def _job_id(req: Any) -> str:
