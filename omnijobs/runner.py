@@ -85,6 +85,7 @@ class StageRunner:
         on_timeout=None,
         cancel_flags: CancelFlags | None = None,
         values: StageValues | None = None,
+        events=None,
     ):
         self.spec = spec
         self.stage = spec.stage(stage)
@@ -103,6 +104,9 @@ class StageRunner:
         # supervisor restarts the worker with a fresh engine.
         self.on_timeout = on_timeout or (lambda: os._exit(70))
         self.cancel_flags = cancel_flags or CancelFlags()
+        # Live readers of the jobs (SSE, waiting routes) are nudged when a batch changes them; the
+        # store stays the record. Anything with `nudge({job id: status}, ended)`; None: nobody listens.
+        self.events = events
 
     def run_batch(self, messages: Sequence[tuple[str, int]]) -> BatchReport:
         report = BatchReport(received=len(messages))
@@ -121,6 +125,7 @@ class StageRunner:
             return
         report.claimed += len(claimed)
         report.batch_sizes.append(len(claimed))
+        self._nudge({str(c.job_id): "running" for c in claimed})
         self.cancel_flags.set(set())
         started = time.monotonic()
         with _Heartbeat(self, [c.id for c in claimed]):
@@ -187,7 +192,16 @@ class StageRunner:
             unsettled.add(run.job_id)
         self._free_finished(record.finished)
         self._clean_finished_jobs(unsettled)
+        ended = {str(j) for j in record.finished}
+        self._nudge({str(run.job_id): "ended" if str(run.job_id) in ended else "changed" for run in claimed}, ended)
         return len(record.recorded), len(claimed) - len(record.recorded)
+
+    def _nudge(self, changes: dict[str, str], ended: set[str] | None = None) -> None:
+        if self.events is not None:
+            try:
+                self.events.nudge(changes, ended or set())
+            except Exception:  # a live view only; never the batch's problem
+                log.exception("could not nudge the readers of %d job(s)", len(changes))
 
     def _store_outputs(self, run: ClaimedRun, result: dict) -> dict:
         if self.values is None:

@@ -81,7 +81,16 @@ def build_runner(settings: Settings, registry, spec, stage_name: str, device: st
         policy=RetryPolicy(settings.retry_backoff_s, settings.retry_backoff_max_s),
         cancel_flags=flags,
         values=StageValues(settings),
+        events=job_events(settings, stage_name),
     )
+
+
+def job_events(settings: Settings, stage_name: str):
+    """The channel that tells live readers a batch changed their jobs (None without Redis)."""
+    from omnijobs.streaming import ChannelConfig, DeltaSink
+
+    config = ChannelConfig.from_settings(settings)
+    return DeltaSink(config, stage_name) if config.redis_url else None
 
 
 def find_stage(registry, stage_ref: str):
