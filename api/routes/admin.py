@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse
 
 from api.admin_schemas import (
@@ -47,6 +48,8 @@ ASSETS = {
     "dashboard.css": "text/css",
     "uPlot.iife.min.js": "text/javascript",
     "uPlot.min.css": "text/css",
+    "admin-common.js": "text/javascript",
+    "job.js": "text/javascript",
 }
 ERRORS = {c: {"model": ErrorResponse} for c in (400, 401, 403, 404, 409, 422)}
 
@@ -57,6 +60,12 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(requir
 def dashboard() -> HTMLResponse:
     """The dashboard: queues, workers, stats and failed jobs, refreshing itself."""
     return HTMLResponse((STATIC / "dashboard.html").read_text(), headers=security_headers())
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse, include_in_schema=False)
+def job_page(job_id: Annotated[str, PathParam(max_length=64)]) -> HTMLResponse:
+    """One job: its stages, outputs and every failed attempt, with retry and cancel buttons."""
+    return HTMLResponse((STATIC / "job.html").read_text(), headers=security_headers())
 
 
 @router.get("/static/{name}", include_in_schema=False)

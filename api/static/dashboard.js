@@ -7,24 +7,13 @@
   let timer = null;
 
   const $ = (sel) => document.querySelector(sel);
-
-  function cell(text, attrs) {
-    const td = document.createElement("td");
-    td.textContent = text === null || text === undefined ? "–" : String(text);
-    for (const [k, v] of Object.entries(attrs || {})) td.setAttribute(k, v);
-    return td;
-  }
+  const { cell, link, button, secs, when } = window.OmniAdmin;
 
   function fillTable(selector, rows, build) {
     const body = $(selector + " tbody");
     const fresh = document.createElement("tbody");
     for (const row of rows) fresh.appendChild(build(row));
     body.replaceWith(fresh);
-  }
-
-  function secs(v) {
-    if (v === null || v === undefined) return null;
-    return v < 1 ? (v * 1000).toFixed(0) + " ms" : v.toFixed(2) + " s";
   }
 
   function pct(p) {
@@ -36,15 +25,7 @@
     return s < 60 ? s.toFixed(1) + " s ago" : (s / 60).toFixed(1) + " min ago";
   }
 
-  async function getJSON(path) {
-    const resp = await fetch(path, { credentials: "same-origin", headers: { Accept: "application/json" } });
-    if (resp.status === 401 || resp.status === 403) {
-      location.reload(); // back to the sign-in page
-      throw new Error("signed out");
-    }
-    if (!resp.ok) throw new Error(`${path}: HTTP ${resp.status}`);
-    return resp.json();
-  }
+  const getJSON = window.OmniAdmin.getJSON;
 
   function renderQueues(queues) {
     fillTable("#queues", queues, (q) => {
@@ -66,10 +47,11 @@
       tr.dataset.worker = w.name;
       const state = cell(w.state, { "data-field": "state" });
       state.className = "state-" + w.state;
-      tr.append(cell(w.name), state, cell(w.stage), cell(w.host), cell(w.pid), cell(w.device),
-        cell(w.engine + (w.model ? " / " + w.model : "")), cell(new Date(w.started_at).toLocaleTimeString()),
-        cell(ago(w.last_heartbeat)), cell(w.batch_size), cell(w.batches), cell(w.jobs_done, { "data-field": "jobs_done" }),
-        cell(w.failures));
+      const engine = w.engine + (w.model ? " / " + w.model : "");
+      tr.append(cell(w.name, { class: "clip", title: `${w.name}, started ${when(w.started_at)}` }), state,
+        cell(w.stage), cell(`${w.host}:${w.pid}`, { class: "clip", title: `${w.host}:${w.pid}` }), cell(w.device),
+        cell(engine, { class: "clip", title: engine }), cell(ago(w.last_heartbeat)), cell(w.batch_size),
+        cell(w.batches), cell(w.jobs_done, { "data-field": "jobs_done" }), cell(w.failures));
       return tr;
     });
   }
@@ -92,12 +74,45 @@
     });
   }
 
-  function renderFailed(failed) {
-    fillTable("#failed", failed.data, (j) => {
+  // Failed and canceled jobs come from the admin API (with every attempt); the others from /v1/jobs,
+  // where an admin key sees every key's jobs.
+  function jobsPath(status) {
+    return status === "failed" || status === "canceled"
+      ? `/admin/api/jobs?status=${status}&limit=20` : `/v1/jobs?status=${status}&limit=20`;
+  }
+
+  function attemptsOf(j) {
+    if (j.attempts) return j.attempts.length;
+    return (j.stages || []).reduce((n, s) => n + (s.errors || []).length, 0);
+  }
+
+  async function act(what, id) {
+    try {
+      const done = what === "retry" ? await window.OmniAdmin.retry(id) : await window.OmniAdmin.cancel(id);
+      $("#action").textContent = `${what}: job ${id} is ${done.status}`;
+    } catch (err) {
+      $("#action").textContent = err.message; // e.g. the job finished meanwhile: the API says so
+    }
+    await refresh();
+  }
+
+  function renderJobs(jobs) {
+    fillTable("#jobs", jobs.data, (j) => {
       const tr = document.createElement("tr");
+      tr.dataset.job = j.id;
       const err = j.error ? `${j.error.stage || ""} ${j.error.code || ""}: ${j.error.message || ""}` : "";
-      tr.append(cell(j.id), cell(j.pipeline), cell(j.finished_at ? new Date(j.finished_at).toLocaleString() : null),
-        cell(err, { class: "err", title: err }), cell(j.attempts.length));
+      const id = document.createElement("td");
+      id.appendChild(link(j.id.slice(0, 8) + "…", `/admin/jobs/${encodeURIComponent(j.id)}`));
+      id.title = j.id;
+      const actions = document.createElement("td");
+      if (j.status === "failed") {
+        actions.appendChild(button("Retry", () => act("retry", j.id), { "data-action": "retry" }));
+      }
+      if (j.status === "queued" || j.status === "running") {
+        actions.appendChild(button("Cancel", () => act("cancel", j.id), { "data-action": "cancel" }));
+      }
+      tr.append(id, cell(j.pipeline), cell(j.status, { "data-field": "status" }), cell(when(j.created_at)),
+        cell(when(j.finished_at)), cell(err, { class: "err", title: err }), cell(attemptsOf(j)), actions);
       return tr;
     });
   }
@@ -117,6 +132,7 @@
     const title = document.createElement("h3");
     title.textContent = stage;
     box.appendChild(title);
+    title.addEventListener("click", () => box.classList.toggle("open"));
     $("#charts").appendChild(box);
     history[stage] = [[], [], []];
     const opts = {
@@ -144,19 +160,24 @@
       h[2].push(tput);
       if (h[0].length > HISTORY) h.forEach((a) => a.shift());
       chart.setData(h);
+      // A flat-zero chart says nothing: fold it to its title (a click opens it) until the stage has work.
+      const idle = h[1].every((v) => !v) && h[2].every((v) => !v);
+      const box = chart.root.parentElement;
+      box.classList.toggle("idle", idle);
+      box.querySelector("h3").dataset.idle = idle ? "idle" : "";
     }
   }
 
   async function refresh() {
     try {
-      const [queues, workers, stats, failed] = await Promise.all([
+      const [queues, workers, stats, jobs] = await Promise.all([
         getJSON("/admin/api/queues"), getJSON("/admin/api/workers"),
-        getJSON("/admin/api/stats?window_s=300&bucket_s=10"), getJSON("/admin/api/jobs?status=failed&limit=10"),
+        getJSON("/admin/api/stats?window_s=300&bucket_s=10"), getJSON(jobsPath($("#job-status").value)),
       ]);
       renderQueues(queues.data);
       renderWorkers(workers);
       renderStats(stats);
-      renderFailed(failed);
+      renderJobs(jobs);
       renderCharts(queues.data, stats);
       $("#status").textContent = "updated " + new Date().toLocaleTimeString();
       document.body.dataset.refreshed = String(Date.now());
@@ -171,6 +192,7 @@
   }
 
   $("#interval").addEventListener("change", schedule);
+  $("#job-status").addEventListener("change", refresh);
   refresh();
   schedule();
 })();
