@@ -5,8 +5,8 @@ One module per route family; each maps its request onto `omnijobs.submit` and th
 
 from fastapi import APIRouter
 
-from api.openai import chat, completions, models
+from api.openai import audio, chat, completions, images, models, videos
 
 router = APIRouter()
-for _module in (models, chat, completions):
+for _module in (models, chat, completions, images, audio, videos):
     router.include_router(_module.router)
