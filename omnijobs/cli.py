@@ -107,6 +107,7 @@ def reconciler(once: bool = False) -> None:
     from omnijobs.store.jobs import JobStore
     from workers.celery_app import make_celery
     from workers.publisher import CeleryPublisher
+    from workers.queue_probe import probe_for
 
     _logging()
     settings = get_settings()
@@ -115,12 +116,13 @@ def reconciler(once: bool = False) -> None:
     publisher = CeleryPublisher(celery)
     chores = _reconciler_chores(settings, store.engine, celery)
     if once:
-        report = sweep(store, publisher, settings.requeue_after_s)
+        report = sweep(store, publisher, settings.requeue_after_s, probe_for(settings.broker_url))
         for chore in chores:
             chore()
         typer.echo(json.dumps(report.__dict__))
         return
-    run_forever(store, publisher, settings.reconcile_interval_s, settings.requeue_after_s, chores)
+    run_forever(store, publisher, settings.reconcile_interval_s, settings.requeue_after_s, chores,
+                probe_for(settings.broker_url))
 
 
 def _reconciler_chores(settings, engine, celery) -> list:
@@ -170,12 +172,17 @@ def dev(
     pipeline: Annotated[Optional[list[str]], typer.Option(
         "--pipeline", "-p", help="serve only these pipelines (default: every one whose models can be built here)")] = None,
     demo: Annotated[bool, typer.Option(help="submit a demo job of each pipeline, print the outputs, then stop")] = False,
+    processes: Annotated[int, typer.Option(
+        help="worker processes the stages share (0: one per CPU core)", min=0)] = 0,
+    one_per_stage: Annotated[bool, typer.Option(
+        "--one-per-stage", help="one worker process per stage, as production runs them")] = False,
 ) -> None:
     """Everything on one machine: SQLite job store, file-system broker, file artifacts, API, reconciler, workers."""
     from omnijobs.dev import DevOptions, run_dev
 
     _logging("WARNING")
-    options = DevOptions(folder=folder, host=host, port=port, pipelines=list(pipeline or []), demo=demo)
+    options = DevOptions(folder=folder, host=host, port=port, pipelines=list(pipeline or []), demo=demo,
+                         processes=processes, one_per_stage=one_per_stage)
     raise typer.Exit(run_dev(get_settings(), options, echo=typer.echo))
 
 

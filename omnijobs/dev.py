@@ -44,6 +44,19 @@ class DevOptions:
     port: int = 8000  # 0: any free port
     pipelines: list[str] = field(default_factory=list)  # empty: every pipeline runnable here
     demo: bool = False
+    # Worker processes the stages share (0: one per CPU core); one_per_stage: a process per stage.
+    processes: int = 0
+    one_per_stage: bool = False
+
+
+def group_stages(stages: list[str], processes: int) -> list[list[str]]:
+    """Stages dealt round-robin into `processes` groups (each `omnijobs worker --stage ... --stage ...`).
+
+    Round-robin, so the stages of one pipeline (listed together) land in different processes and
+    a job's stages still overlap across jobs; each stage keeps its own engine, queue and batching.
+    """
+    n = max(1, min(processes, len(stages)))
+    return [group for group in (stages[i::n] for i in range(n)) if group]
 
 
 def dev_overrides(folder: Path) -> dict[str, object]:
@@ -187,8 +200,8 @@ class Processes:
                 return name, proc.returncode, _tail(log)
         return None
 
-    def log_says(self, name: str, text: bytes) -> bool:
-        return text in self.procs[name][1].read_bytes()
+    def log_matches(self, name: str, pattern: bytes) -> bool:
+        return re.search(pattern, self.procs[name][1].read_bytes()) is not None
 
     def stop(self, first: list[str] = ()) -> None:
         """SIGTERM (warm shutdown: workers hand back unfinished messages), then SIGKILL after a while."""
@@ -309,18 +322,23 @@ def run_dev(settings: Settings, options: DevOptions, echo: Callable[[str], None]
 
     procs = Processes(env, log_dir)
     workers = [f"{spec.name}.{stage}" for spec in specs for stage in spec.stages]
+    if options.one_per_stage:
+        groups = {f"worker-{stage}": [stage] for stage in workers}
+    else:
+        groups = {f"workers-{i + 1}": group for i, group in
+                  enumerate(group_stages(workers, options.processes or os.cpu_count() or 1))}
     try:
-        for stage in workers:
-            procs.spawn(f"worker-{stage}", ["worker", "--stage", stage, "--device", "cpu"])
+        for name, group in groups.items():
+            procs.spawn(name, ["worker", *[a for stage in group for a in ("--stage", stage)], "--device", "cpu"])
         procs.spawn("reconciler", ["reconciler"])
         if importlib.util.find_spec("workers.webhook_worker") is not None:
             procs.spawn("webhooks", ["webhooks"])
         api_key = ensure_api_key(env, folder)  # while the workers load their models
         procs.spawn("api", ["api", "--host", options.host, "--port", str(port)])
-        echo(f"starting the API and {len(workers)} stage worker(s) (logs in {log_dir})...")
+        echo(f"starting the API and {len(workers)} stage(s) in {len(groups)} worker process(es) (logs in {log_dir})...")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         with httpx.Client(base_url=url, timeout=30, headers=headers) as client:
-            if not _wait_ready(procs, client, [f"worker-{s}" for s in workers], stop, echo):
+            if not _wait_ready(procs, client, groups, stop, echo):
                 return 130 if stop.event.is_set() else 1
             client_env = {**dev_environment(dev_settings), "OMNIJOBS_URL": url}
             if api_key:
@@ -343,19 +361,20 @@ def run_dev(settings: Settings, options: DevOptions, echo: Callable[[str], None]
         echo("stopped")
 
 
-def _wait_ready(procs: Processes, client, worker_names: list[str], stop: _Stop, echo) -> bool:
+def _wait_ready(procs: Processes, client, groups: dict[str, list[str]], stop: _Stop, echo) -> bool:
     import httpx
 
     deadline = time.monotonic() + READY_TIMEOUT_S
-    waiting = set(worker_names)
+    waiting = {(name, stage) for name, group in groups.items() for stage in group}
     api_ready = False
     while time.monotonic() < deadline:
         died = procs.dead()
         if died:
             echo(f"error: {died[0]} exited with {died[1]} while starting. Its log ends with:\n{died[2]}")
             return False
-        # Celery prints "<name> ready." once the worker consumes its queue (after the engine loaded).
-        waiting = {name for name in waiting if not procs.log_says(name, b" ready.")}
+        # Each stage of a worker logs "worker <stage>@<host>:<pid> ready." once it consumes its queue.
+        waiting = {(name, stage) for name, stage in waiting
+                   if not procs.log_matches(name, rb"worker " + re.escape(stage.encode()) + rb"@\S+ ready\.")}
         if not api_ready:
             try:
                 api_ready = client.get("/readyz").status_code == 200
@@ -365,7 +384,8 @@ def _wait_ready(procs: Processes, client, worker_names: list[str], stop: _Stop, 
             return True
         if stop.sleep(0.3):
             return False
-    echo(f"error: not ready after {READY_TIMEOUT_S:.0f}s (api ready: {api_ready}; waiting for {sorted(waiting)})")
+    echo(f"error: not ready after {READY_TIMEOUT_S:.0f}s (api ready: {api_ready}; "
+         f"waiting for {sorted(stage for _, stage in waiting)})")
     return False
 
 
