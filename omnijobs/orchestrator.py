@@ -31,12 +31,26 @@ def skipped_stages(spec: PipelineSpec, job_inputs: Mapping[str, Any]) -> set[str
 
 
 def newly_ready(spec: PipelineSpec, statuses: Mapping[str, RunStatus]) -> list[str]:
-    """Waiting stages whose upstream stages have all succeeded (fan-in waits for every branch)."""
+    """Waiting stages whose upstream stages have all succeeded (fan-in waits for every branch).
+
+    An upstream stage that streams to this one only needs to have started: its chunks arrive while
+    it runs.
+    """
+    def fed(stage, up: str) -> bool:
+        if statuses[up] == RunStatus.SUCCEEDED:
+            return True
+        return up in stage.streamed_upstream and statuses[up] == RunStatus.RUNNING
+
     return [
         name
         for name, stage in spec.stages.items()
-        if statuses[name] == RunStatus.WAITING and all(statuses[up] == RunStatus.SUCCEEDED for up in stage.upstream)
+        if statuses[name] == RunStatus.WAITING and all(fed(stage, up) for up in stage.upstream)
     ]
+
+
+def streams_from(spec: PipelineSpec, stage: str) -> bool:
+    """Whether some stage starts beside this one when it starts (a streamed edge leaves it)."""
+    return any(stage in other.streamed_upstream for other in spec.stages.values())
 
 
 def job_outcome(statuses: Mapping[str, RunStatus]) -> JobStatus | None:

@@ -118,9 +118,11 @@ class StageRunner:
     def _run_chunk(self, messages: Sequence[tuple[str, int]], report: BatchReport) -> None:
         batch_id = uuid.uuid4().hex[:16]
         try:
-            claimed = self.store.claim(messages, self.worker, batch_id, self.lease_s)
+            claimed, side = self.store.claim_batch(messages, self.worker, batch_id, self.lease_s)
         except Exception as exc:
             raise StoreUnavailable(f"claim failed: {type(exc).__name__}: {exc}") from exc
+        # Stages fed by a stream from these runs start now, beside them.
+        publish_committed(self.store, self.publisher, side)
         if not claimed:
             return
         report.claimed += len(claimed)

@@ -81,6 +81,18 @@ class RunIf(_Frozen):
     contains: Any
 
 
+class StreamSpec(_Frozen):
+    """A streamed input: the upstream stage hands chunks over while it generates.
+
+    The downstream run starts once the upstream run has started (its first chunk is read from the
+    stream, not from the upstream's recorded output), and consumes chunks of `chunk` frames in order
+    (the first one `first_chunk` frames, for a quicker first output) until the upstream's end mark.
+    """
+
+    chunk: int = Field(default=25, ge=1, le=100_000)
+    first_chunk: int | None = Field(default=None, ge=1, le=100_000)
+
+
 class StageSpec(_Frozen):
     name: str = Field(pattern=NAME_PATTERN)
     engine: str
@@ -98,11 +110,31 @@ class StageSpec(_Frozen):
     engine_args: EngineArgs = Field(default_factory=EngineArgs)
     # When set and false for a job, the run is `skipped`, and so is every stage fed by it.
     run_if: RunIf | None = None
+    # Input ports fed by a stream from their upstream stage instead of its recorded output.
+    streams: dict[str, StreamSpec] = Field(default_factory=dict)
     description: str = ""
 
     @property
     def upstream(self) -> set[str]:
         return {ref.split(".", 1)[0] for ref in self.inputs.values() if not ref.startswith("job.")}
+
+    @property
+    def streamed_upstream(self) -> set[str]:
+        """Upstream stages this stage may start beside: every edge from them is streamed."""
+        edges: dict[str, bool] = {}
+        for port, ref in self.inputs.items():
+            if not ref.startswith("job."):
+                head = ref.split(".", 1)[0]
+                edges[head] = edges.get(head, True) and port in self.streams
+        return {head for head, streamed in edges.items() if streamed}
+
+    @model_validator(mode="after")
+    def _streams_are_upstream_inputs(self) -> StageSpec:
+        for port in self.streams:
+            ref = self.inputs.get(port)
+            if ref is None or ref.startswith("job."):
+                raise ValueError(f"stage '{self.name}': streams.{port} must name an input fed by an upstream stage")
+        return self
 
     def default_params(self) -> dict[str, Any]:
         return {name: spec.default for name, spec in self.params.items()}
@@ -152,6 +184,7 @@ class PipelineSpec(_Frozen):
                     "max_attempts": s.max_attempts,
                     "params": {k: v.model_dump(exclude_none=True) for k, v in s.params.items()},
                     "run_if": s.run_if.model_dump() if s.run_if else None,
+                    "streams": {k: v.model_dump(exclude_none=True) for k, v in s.streams.items()},
                 }
                 for s in self.stages.values()
             ],

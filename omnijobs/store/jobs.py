@@ -153,7 +153,13 @@ class JobStore:
     # ---------------------------------------------------------------- worker side
 
     def claim(self, tasks: Iterable[tuple[str, int]], worker: str, batch_id: str, lease_s: float) -> list[ClaimedRun]:
-        """Take the runs these messages name, if still queued at the expected attempt.
+        """`claim_batch` for callers that publish nothing at claim time (no streamed edges)."""
+        return self.claim_batch(tasks, worker, batch_id, lease_s)[0]
+
+    def claim_batch(self, tasks: Iterable[tuple[str, int]], worker: str, batch_id: str, lease_s: float
+                    ) -> tuple[list[ClaimedRun], list[StageTask]]:
+        """Take the runs these messages name, if still queued at the expected attempt; also return
+        the tasks of stages that start beside them (fed by a stream from a stage claimed here).
 
         A duplicate or stale message matches no row and is dropped: that is what makes a
         delivery run at most once per attempt. The whole batch is claimed in one statement; rows
@@ -162,7 +168,7 @@ class JobStore:
         now = utcnow()
         wanted = sorted({(_uuid(rid), attempt) for rid, attempt in tasks})
         if not wanted:
-            return []
+            return [], []
         with self._sessions.begin() as s:
             lockable = (
                 select(StageRun.id)
@@ -180,7 +186,7 @@ class JobStore:
                 .execution_options(synchronize_session=False)
             ).all()
             if not rows:
-                return []
+                return [], []
             rows.sort(key=lambda r: r.id)
             if len(rows) != len(wanted):
                 s.execute(update(StageRun).where(StageRun.id.in_([r.id for r in rows]))
@@ -210,7 +216,22 @@ class JobStore:
                 .values(inputs=bindparam("b_inputs")),
                 stored_inputs,
             )
-        return result
+            side = self._start_streamed(s, [jobs[r.job_id] for r in rows
+                                            if orchestrator.streams_from(self.pipelines.get(jobs[r.job_id].pipeline), r.stage)], now)
+        return result, side
+
+    def _start_streamed(self, s: Session, jobs: list[Job], now: datetime) -> list[StageTask]:
+        """Queue the stages fed by a stream from a run that just started."""
+        tasks = []
+        for job in {j.id: j for j in jobs}.values():
+            spec = self.pipelines.get(job.pipeline)
+            self._lock_job(s, job.id)  # decisions about one job are serialised on its row
+            runs = {r.stage: r for r in s.scalars(select(StageRun).where(StageRun.job_id == job.id))}
+            for name in orchestrator.newly_ready(spec, {n: RunStatus(r.status) for n, r in runs.items()}):
+                run = runs[name]
+                run.status, run.updated_at, run.enqueued_at = RunStatus.QUEUED, now, now
+                tasks.append(StageTask(str(run.id), run.attempt, run.queue, job.priority))
+        return tasks
 
     def renew_leases(self, run_ids: Iterable[uuid.UUID], lease_s: float) -> None:
         now = utcnow()
@@ -389,16 +410,28 @@ class JobStore:
                      "message": f"worker {row.worker} stopped renewing its lease"}
             return self._record_failure(s, job, row, error, row.attempt < row.max_attempts, 0.0, row.worker, now)
 
-    def stale_queued(self, older_than_s: float, limit: int = 1000) -> list[StageTask]:
-        """Queued runs whose message may be gone: never enqueued, or enqueued long ago."""
-        cutoff = utcnow() - timedelta(seconds=older_than_s)
+    def stale_queued(self, older_than_s: float, limit: int = 1000, *, published: bool | None = None,
+                     unpublished_after_s: float | None = None) -> list[StageTask]:
+        """Queued runs whose message may be gone: published more than `older_than_s` ago, or never
+        published (the publish failed) for `unpublished_after_s` (default: `older_than_s`).
+
+        `published` narrows to one kind. Oldest first, so a backlog is walked from its head.
+        """
+        now = utcnow()
+        cutoff = now - timedelta(seconds=older_than_s)
+        unpublished_cutoff = now - timedelta(seconds=older_than_s if unpublished_after_s is None
+                                             else unpublished_after_s)
+        kinds = []
+        if published is not False:
+            kinds.append(StageRun.enqueued_at < cutoff)
+        if published is not True:
+            kinds.append(and_(StageRun.enqueued_at.is_(None), StageRun.updated_at < unpublished_cutoff))
         with self._sessions() as s:
             rows = s.execute(
                 select(StageRun.id, StageRun.attempt, StageRun.queue, Job.priority)
                 .join(Job, Job.id == StageRun.job_id)
-                .where(StageRun.status == RunStatus.QUEUED,
-                       or_(StageRun.enqueued_at < cutoff,
-                           and_(StageRun.enqueued_at.is_(None), StageRun.updated_at < cutoff)))
+                .where(StageRun.status == RunStatus.QUEUED, or_(*kinds))
+                .order_by(StageRun.updated_at)
                 .limit(limit)
             ).all()
         return [StageTask(str(r.id), r.attempt, r.queue, r.priority) for r in rows]

@@ -144,3 +144,18 @@ def _expire(store, run_id: str) -> None:
     with store._sessions.begin() as s:
         s.execute(update(StageRun).where(StageRun.id == uuid.UUID(run_id))
                   .values(lease_until=utcnow() - timedelta(seconds=1)))
+
+
+def test_a_streamed_stage_is_queued_when_its_upstream_is_claimed(store):
+    job, (task,), _ = store.create_job(store.pipelines.get("streamed"), {"prompt": "s"}, {})
+    (claim,), side = store.claim_batch([(task.run_id, task.attempt)], "w1", "b1", 30)
+    assert [t.queue for t in side] == ["omni.streamed.b"]
+    view = store.get_job(job.id)
+    assert {s.stage: s.status for s in view.stages} == {"a": "running", "b": "queued"}
+    (down,), _ = store.claim_batch([(side[0].run_id, side[0].attempt)], "w2", "b2", 30)
+    assert down.inputs == {"prompt": None}  # read from the stream, not from a recorded output
+    assert store.complete(down, {"text": "from chunks"}) == []
+    assert store.get_job(job.id).status == "running"  # the upstream's result is still owed
+    assert store.complete(claim, {"text": "s"}) == []
+    done = store.get_job(job.id)
+    assert done.status == "succeeded" and done.outputs == {"text": "from chunks"}

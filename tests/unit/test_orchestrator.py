@@ -247,3 +247,22 @@ def test_run_if_must_name_a_job_input():
         **SPOKEN["stages"]["think"], "run_if": {"input": "modalities", "contains": "text"}}}}
     with pytest.raises(SpecError, match="unconditionally"):
         parse(yaml.safe_dump(every_root_conditional))
+
+
+def test_a_streamed_stage_is_ready_once_its_upstream_runs():
+    spec = load_file(FIXTURES / "streamed.yaml")
+    assert spec.stages["b"].streamed_upstream == {"a"}
+    assert newly_ready(spec, {"a": Q, "b": W}) == []
+    assert newly_ready(spec, {"a": R, "b": W}) == ["b"]
+    assert newly_ready(spec, {"a": S, "b": W}) == ["b"]
+    # Not streamed: the same graph waits for the upstream to succeed.
+    plain = load_file(FIXTURES / "chain.yaml")
+    assert newly_ready(plain, {"a": R, "b": W, "c": W}) == []
+    # Downstream done first: the job still waits for the upstream's result.
+    assert job_outcome({"a": R, "b": S}) is None
+
+
+def test_streams_must_name_an_input_fed_by_a_stage():
+    text = (FIXTURES / "streamed.yaml").read_text().replace("streams: {prompt:", "streams: {other:")
+    with pytest.raises(Exception, match="streams.other"):
+        parse(text, "streamed")
