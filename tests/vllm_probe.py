@@ -64,6 +64,7 @@ def main() -> None:
         done = next((o for o in engine.llm.step() if o.request_id == "lp" and o.finished), None)
     ids = list(done.prompt_token_ids)
     out["prompt_token_ids"] = ids
+    out["image_token_id"] = engine.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     out["prompt_logprobs"] = [None] + [entry[ids[k + 1]].logprob for k, entry in enumerate(done.prompt_logprobs[1:])]
     out["refused"] = str(engine.add(req("huge", "x", max_tokens=5000)))
     engine.close()

@@ -102,7 +102,15 @@ def test_prompt_logprobs_match_transformers(probe):
     logprobs = torch.log_softmax(logits[0, :-1].float(), dim=-1).gather(1, ids[0, 1:, None])[:, 0]
     theirs = torch.tensor(out["prompt_logprobs"][1:])
     assert theirs.shape == logprobs.shape
-    assert torch.allclose(theirs, logprobs, atol=1e-4), (theirs - logprobs).abs().max()
+    diff = (theirs - logprobs).abs()
+    if "vl" not in name:
+        assert diff.max() < 1e-4, diff.max()
+        return
+    # Text before the image matches as closely as the text model does; from the image on, vLLM's
+    # vision tower (its own attention and rotary kernels) differs from transformers' by ~1e-3.
+    first_image = out["prompt_token_ids"].index(out["image_token_id"])
+    assert diff[: first_image - 1].max() < 1e-4, diff[: first_image - 1].max()
+    assert diff.max() < 5e-3, diff.max()
 
 
 def test_a_missing_vllm_fails_the_worker_at_start_naming_the_extra(settings_env):
