@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import RungeKutta4ODESolver
 
+# Rows per BigVGAN call: more made each row slower on CPU (its activations leave the cache).
+VOCODER_ROWS = 4
 # A block distance no layer's look-ahead or look-back reaches: marks a masked (query, key) pair.
 _FAR = 1 << 30
 
@@ -76,7 +78,18 @@ class _Velocity:
         hidden = self.conditioned
         positions = torch.arange(width, device=device).unsqueeze(0).expand(2 * b, -1)
         self.position_embeddings = dit.rotary_embed(hidden, positions)
-        self.block_diff = _block_diff(dit, lengths, width, device)
+        # One additive mask per distinct (look-back, look-ahead) of the layers, built once: the
+        # layers' own forward rebuilds a boolean mask from block distances at every evaluation,
+        # which cost more than the rest of the DiT at these sizes.
+        diff = _block_diff(dit, lengths, width, device)
+        masks: dict[tuple[int, int], torch.Tensor] = {}
+        self.masks = []
+        for block in dit.transformer_blocks:
+            band = (block.look_backward_block, block.look_ahead_block)
+            if band not in masks:
+                allowed = (diff >= -band[0]) & (diff <= band[1])
+                masks[band] = torch.zeros(allowed.shape, device=device).masked_fill(~allowed, float("-inf"))
+            self.masks.append(masks[band])
 
     def __call__(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         dit = self.dit
@@ -84,11 +97,20 @@ class _Velocity:
             self.on_eval()
         time = dit.time_embed(t.reshape(1)).expand(self.conditioned.shape[0], -1)
         hidden = F.linear(torch.cat([x, x]), self.x_weight) + self.conditioned
-        for block in dit.transformer_blocks:
-            hidden = block(hidden, time, position_embeddings=self.position_embeddings, block_diff=self.block_diff)
+        for block, mask in zip(dit.transformer_blocks, self.masks):
+            hidden = _layer(block, hidden, time, self.position_embeddings, mask)
         out = dit.proj_out(dit.norm_out(hidden, time))
         guided, null = out.chunk(2)
         return guided + (guided - null) * self.scale
+
+
+def _layer(block, hidden: torch.Tensor, time: torch.Tensor, positions, mask: torch.Tensor) -> torch.Tensor:
+    """`DiTDecoderLayer.forward` with a ready attention mask (the same operations otherwise)."""
+    norm, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.attn_norm(hidden, emb=time)
+    hidden = hidden + gate_msa.unsqueeze(1) * block.attn(hidden_states=norm, position_embeddings=positions,
+                                                         attention_mask=mask)
+    norm = block.ff_norm(hidden) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+    return hidden + gate_mlp.unsqueeze(1) * block.ff(norm)
 
 
 def _along(v: torch.Tensor, width: int) -> torch.Tensor:
@@ -103,7 +125,7 @@ def _block_diff(dit, lengths: list[int], width: int, device) -> torch.Tensor:
     real = torch.arange(width, device=device).unsqueeze(0) < torch.tensor(lengths, device=device).unsqueeze(1)
     hidden_key = real.unsqueeze(2) & ~real.unsqueeze(1)  # (B, query, key)
     diff = diff.masked_fill(hidden_key, _FAR)
-    return diff.repeat(2, 1, 1).unsqueeze(1).expand(-1, dit.num_attention_heads, -1, -1)
+    return diff.repeat(2, 1, 1).unsqueeze(1)  # (2B, 1, W, W): the same for every head
 
 
 @torch.no_grad()
@@ -130,7 +152,7 @@ def sample_mels(dit, rows: list[MelRow], num_steps: int, guidance_scale: float =
 
 @torch.no_grad()
 def vocode(bigvgan, mels: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Waveforms, one BigVGAN call per distinct mel length.
+    """Waveforms, one BigVGAN call per distinct mel length (and per VOCODER_ROWS rows).
 
     NOTE: rows of different lengths are not padded together: BigVGAN is non-causal and its
     anti-aliasing filters replicate the edge sample, so padding would change the end of every
@@ -141,8 +163,10 @@ def vocode(bigvgan, mels: list[torch.Tensor]) -> list[torch.Tensor]:
     by_length: dict[int, list[int]] = {}
     for j, mel in enumerate(mels):
         by_length.setdefault(mel.shape[-1], []).append(j)
-    for indices in by_length.values():
-        wavs = bigvgan(torch.stack([mels[j] for j in indices])).reshape(len(indices), -1)
-        for k, j in enumerate(indices):
-            out[j] = wavs[k]
+    for same in by_length.values():
+        for start in range(0, len(same), VOCODER_ROWS):
+            indices = same[start : start + VOCODER_ROWS]
+            wavs = bigvgan(torch.stack([mels[j] for j in indices])).reshape(len(indices), -1)
+            for k, j in enumerate(indices):
+                out[j] = wavs[k]
     return out
