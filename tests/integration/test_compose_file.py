@@ -221,7 +221,7 @@ def test_wiring(base_model):
 
     assert _command(services["migrate"]) == ["omnijobs", "migrate"]
     assert _command(services["models"]) == ["omnijobs", "models", "build-tiny", "--out", "/models"]
-    assert _command(services["api"]) == ["omnijobs", "api", "--host", "0.0.0.0", "--port", "8000"]
+    assert _command(services["api"]) == ["omnijobs", "api", "--host", "0.0.0.0", "--port", "8000", "--workers", "4"]
     assert _command(services["reconciler"]) == ["omnijobs", "reconciler"]
     flower = _command(services["flower"])
     assert flower[0] == "celery" and "flower" in flower and env["OMNIJOBS_BROKER_URL"] in flower
