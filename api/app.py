@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import Depends, FastAPI
 
 from api import auth, docs, errors, openai
+from api.http_metrics import RequestMetrics
 from api.limits import BodySizeLimit
 from api.routes import (
     admin,
@@ -20,6 +21,7 @@ from omnijobs import __version__
 from omnijobs.admission import Admission, redis_for
 from omnijobs.artifacts.factory import make_connector
 from omnijobs.artifacts.values import StageValues
+from omnijobs.fs_depths import FolderQueueDepths
 from omnijobs.inputs import MediaInputs
 from omnijobs.pipelines import load_registry
 from omnijobs.settings import Settings, get_settings
@@ -53,6 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     engine = app.state.store.engine
     app.state.keys = KeyStore(engine)
     app.state.admission = Admission(settings, redis_for(settings.broker_url))
+    if settings.broker_url.startswith("filesystem://"):  # no Redis lists: count the broker folder's messages
+        app.state.admission.depths = FolderQueueDepths(settings.broker_dir)
     app.state.workers = WorkerRegistry(engine)
     app.state.stats = StatsStore(engine)
     app.state.monitor = MonitorQueries(engine)
@@ -65,4 +69,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     app.include_router(openai.router)  # OpenAI-compatible routes, errors in OpenAI's shape
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, exempt=("/v1/files",))
+    app.add_middleware(RequestMetrics)
     return app

@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -317,6 +318,11 @@ def run_dev(settings: Settings, options: DevOptions, echo: Callable[[str], None]
     log_dir.mkdir(exist_ok=True)
     # OMNIJOBS_DEV_DIR would make each child read a settings file: the children get their settings here.
     env = {**{k: v for k, v in os.environ.items() if k != "OMNIJOBS_DEV_DIR"}, **dev_environment(dev_settings)}
+    # Every process counts into one folder; the API's /metrics adds them up (prometheus multiprocess mode).
+    metrics_dir = folder / "metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)  # counts of an earlier run's processes
+    metrics_dir.mkdir()
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     port = options.port or _free_port(options.host)
     url = f"http://{options.host}:{port}"
 
@@ -416,8 +422,7 @@ def _banner(echo, url: str, api_key: str | None, specs: list, folder: Path, give
     if api_key:
         echo(f"API key (admin): {api_key}   (also in {folder / KEY_FILE})")
     echo(f"pipelines: {', '.join(s.name for s in specs)}  (GET {url}/v1/pipelines for their inputs)")
-    echo("off in dev: per-key rate limits and queue-depth bounds (429s) need a Redis broker; "
-         "there is one SQLite writer at a time")
+    echo("off in dev: per-key rate limits (they need Redis); one SQLite writer at a time")
     echo(f"in another shell, for the omnijobs command and curl (settings in {folder / SETTINGS_FILE}):")
     echo(f'  eval "$(omnijobs env --dir {given})"')
     texts = [s for s in specs if all(p.type == "text" for p in s.inputs.values())]

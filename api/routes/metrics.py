@@ -1,6 +1,11 @@
-"""/metrics: Prometheus text, read from Postgres and the broker at scrape time (admin keys only).
+"""/metrics: Prometheus text (admin keys only).
 
-Every API replica answers the same figures: they come from the shared store, not process memory.
+Two sources. Gauges of the current state (queue depth, open runs, jobs, workers, webhook
+deliveries) are read from the store and the broker at scrape time: every replica answers the same.
+Counters and histograms of what happened (stage run and queue-wait times, batch sizes, tokens and
+steps, HTTP requests) are kept by the processes as it happens (omnijobs.metrics): with
+PROMETHEUS_MULTIPROC_DIR, those of every process of this host. Until a worker has reported a
+stage histogram here, that histogram is computed from the store as before.
 """
 
 from __future__ import annotations
@@ -14,9 +19,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from api.auth import require_admin
 from api.schemas import ErrorResponse
-
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+from omnijobs import metrics as counted
+from omnijobs.metrics import BATCH_BUCKETS, LATENCY_BUCKETS
 
 router = APIRouter(tags=["metrics"], dependencies=[Depends(require_admin)])
 
@@ -25,9 +29,21 @@ router = APIRouter(tags=["metrics"], dependencies=[Depends(require_admin)])
             responses={200: {"content": {"text/plain": {}}}, 401: {"model": ErrorResponse},
                        403: {"model": ErrorResponse}})
 def metrics(request: Request) -> Response:
+    counted_families = [fam for fam in counted.registry().collect() if fam.samples]
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(request.app.state))
+    registry.register(_Families(counted_families))
+    registry.register(_Collector(request.app.state, skip={fam.name for fam in counted_families}))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+class _Families:
+    """Already collected metric families, served as they are."""
+
+    def __init__(self, families):
+        self.families = families
+
+    def collect(self):
+        return iter(self.families)
 
 
 def _stage(queue: str) -> str:
@@ -35,8 +51,9 @@ def _stage(queue: str) -> str:
 
 
 class _Collector:
-    def __init__(self, state):
+    def __init__(self, state, skip: set[str] = frozenset()):
         self.state = state
+        self.skip = skip  # histograms the processes counted themselves: no store scan for those
 
     def collect(self):
         state = self.state
@@ -60,22 +77,7 @@ class _Collector:
             jobs.add_metric([pipeline, status], n)
         yield jobs
 
-        hists = queries.duration_histograms(LATENCY_BUCKETS)
-        for name, help_text in (("run_s", "Time a stage run spent running"),
-                                ("queue_wait_s", "Time a stage run waited in its queue")):
-            metric = "omnijobs_stage_run_seconds" if name == "run_s" else "omnijobs_stage_queue_wait_seconds"
-            fam = HistogramMetricFamily(metric, help_text, labels=["stage"])
-            for queue, (cumulative, total, count) in hists[name].items():
-                buckets = [(str(b), c) for b, c in zip(LATENCY_BUCKETS, cumulative, strict=True)]
-                fam.add_metric([_stage(queue)], [*buckets, ("+Inf", count)], total)
-            yield fam
-
-        fam = HistogramMetricFamily("omnijobs_batch_size", "Stage runs per engine batch", labels=["stage"])
-        for queue, sizes in queries.batch_size_counts().items():
-            buckets = [(str(b), sum(n for s, n in sizes.items() if s <= b)) for b in BATCH_BUCKETS]
-            fam.add_metric([_stage(queue)], [*buckets, ("+Inf", sum(sizes.values()))],
-                           sum(s * n for s, n in sizes.items()))
-        yield fam
+        yield from self._store_histograms(queries)
 
         up = GaugeMetricFamily("omnijobs_worker_up", "1 while a stage worker heartbeats, else 0",
                                labels=["worker", "stage", "host", "device"])
@@ -93,4 +95,25 @@ class _Collector:
             fam = GaugeMetricFamily("omnijobs_webhook_deliveries", "Webhook deliveries by status", labels=["status"])
             for status, n in deliveries:
                 fam.add_metric([status], n)
+            yield fam
+
+    def _store_histograms(self, queries):
+        """The stage histograms no process reported, from a scan of the store (the fallback)."""
+        wanted = [m for m in ("omnijobs_stage_run_seconds", "omnijobs_stage_queue_wait_seconds") if m not in self.skip]
+        if wanted:
+            hists = queries.duration_histograms(LATENCY_BUCKETS)
+            for metric in wanted:
+                name, help_text = (("run_s", "Time a stage run spent running") if metric == "omnijobs_stage_run_seconds"
+                                   else ("queue_wait_s", "Time a stage run waited in its queue"))
+                fam = HistogramMetricFamily(metric, help_text, labels=["stage"])
+                for queue, (cumulative, total, count) in hists[name].items():
+                    buckets = [(str(b), c) for b, c in zip(LATENCY_BUCKETS, cumulative, strict=True)]
+                    fam.add_metric([_stage(queue)], [*buckets, ("+Inf", count)], total)
+                yield fam
+        if "omnijobs_batch_size" not in self.skip:
+            fam = HistogramMetricFamily("omnijobs_batch_size", "Stage runs per engine batch", labels=["stage"])
+            for queue, sizes in queries.batch_size_counts().items():
+                buckets = [(str(b), sum(n for s, n in sizes.items() if s <= b)) for b in BATCH_BUCKETS]
+                fam.add_metric([_stage(queue)], [*buckets, ("+Inf", sum(sizes.values()))],
+                               sum(s * n for s, n in sizes.items()))
             yield fam

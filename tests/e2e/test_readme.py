@@ -209,3 +209,34 @@ def _dev_settings(dev) -> dict[str, str]:
 
     return {name: " ".join(shlex.split(value)) for name, _, value in
             (line.partition("=") for line in (dev["folder"] / "omnijobs.env").read_text().splitlines())}
+
+
+def test_dev_metrics_count_requests_and_queue_depth_from_the_broker_folder(dev):
+    """In dev (no Redis): queue depth comes from the broker folder, on /admin and /metrics; the API
+    counts its requests by route template; the processes share one metrics folder."""
+    import httpx
+
+    settings = _dev_settings(dev)
+    with httpx.Client(base_url=settings["OMNIJOBS_URL"], timeout=30,
+                      headers={"Authorization": f"Bearer {settings['OMNIJOBS_API_KEY']}"}) as http:
+        for _ in range(3):
+            assert http.get("/v1/pipelines").status_code == 200
+        assert http.get("/v1/jobs/00000000-0000-0000-0000-000000000000").status_code == 404
+        queues = {q["stage"]: q for q in http.get("/admin/api/queues").json()["data"]}
+        assert isinstance(queues["chat.generate"]["depth"], int), queues["chat.generate"]
+        text = http.get("/metrics").text
+    lines = text.splitlines()
+
+    def value(prefix: str) -> float:
+        (line,) = [ln for ln in lines if ln.startswith(prefix)]
+        return float(line.rsplit(" ", 1)[1])
+
+    assert value('omnijobs_http_requests_total{method="GET",route="/v1/pipelines",status="200"}') >= 3
+    assert value('omnijobs_http_requests_total{method="GET",route="/v1/jobs/{job_id}",status="404"}') >= 1
+    assert value('omnijobs_http_request_seconds_count{method="GET",route="/v1/pipelines"}') >= 3
+    assert value('omnijobs_queue_depth{stage="chat.generate"}') >= 0
+    assert not [ln for ln in lines if "00000000-0000" in ln], "a raw path became a label"
+    assert any((dev["folder"] / "metrics").glob("*.db")), "the processes do not share a metrics folder"
+    # Every family once: two sources never both serve one name.
+    types = [ln.split()[2] for ln in lines if ln.startswith("# TYPE ")]
+    assert len(types) == len(set(types)), sorted(t for t in types if types.count(t) > 1)
