@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+import redis
 import sqlalchemy as sa
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,7 +60,7 @@ def wait_for(predicate, what: str, timeout: float) -> None:
         try:
             if predicate():
                 return
-        except (httpx.HTTPError, OSError) as exc:
+        except (httpx.HTTPError, OSError, redis.RedisError) as exc:  # not up yet
             last = exc
         time.sleep(0.1)
     raise TimeoutError(f"{what} not ready after {timeout}s ({last})")
@@ -104,8 +105,6 @@ class Stack:
         try:
             self.spawn("redis", ["redis-server", "--bind", "127.0.0.1", "--port", str(self.redis_port),
                                   "--save", "", "--appendonly", "no"], omnijobs=False)
-            import redis
-
             wait_for(lambda: redis.Redis(port=self.redis_port).ping(), "redis", 20)
             with self.admin.connect() as conn:
                 conn.execute(sa.text(f'CREATE DATABASE "{self.db_name}"'))
@@ -117,6 +116,7 @@ class Stack:
             self.api_url = f"http://127.0.0.1:{port}"
             wait_for(lambda: httpx.get(f"{self.api_url}/healthz", timeout=1).status_code == 200, "api", 60)
         except BaseException:
+            self.keep_logs = True  # the logs say why it did not start
             self.__exit__(None, None, None)
             raise
         return self
