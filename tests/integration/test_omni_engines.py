@@ -265,6 +265,10 @@ def test_qwen3_omni_thinker_talker_code2wav(models):
     assert np.abs(pcm(alone) - pcm(wavs[1]["audio"])).max() <= 1
     for w in wavs:
         check_audible(w["audio"])
+    # A batch larger than one decoder call decodes in parts, each row as it would alone.
+    doubled = c2w.run([StageRequest(f"d{k}", {"codes": t["codes"]}, {}) for k, t in enumerate(talked * 2)])
+    for k, w in enumerate(doubled):
+        assert np.abs(pcm(w["audio"]) - pcm(wavs[k % 3]["audio"])).max() <= 1
 
 
 def test_qwen2_5_vl_images_and_text(models):
