@@ -92,7 +92,10 @@ def example_request(spec) -> dict | None:
 
 def run_demo_jobs(client, specs: list, out_dir: Path, echo: Callable[[str], None],
                   stop: threading.Event | None = None) -> int:
-    """Submit one demo job per pipeline, wait for all, print their outputs. Returns how many did not succeed."""
+    """Submit one demo job per pipeline, wait for all, print their outputs and what each file holds.
+
+    Returns how many did not succeed, counting a job whose file output is silent or empty as failed.
+    """
     stop = stop or threading.Event()
     jobs = {}
     failed = 0
@@ -112,8 +115,8 @@ def run_demo_jobs(client, specs: list, out_dir: Path, echo: Callable[[str], None
         job = _wait(client, job["id"], stop)
         if job is None:
             return failed + 1
-        failed += job["status"] != "succeeded"
-        _print_job(client, job, out_dir, echo)
+        problems = _print_job(client, job, out_dir, echo)
+        failed += job["status"] != "succeeded" or problems > 0
     return failed
 
 
@@ -128,17 +131,22 @@ def _wait(client, job_id: str, stop: threading.Event) -> dict | None:
     raise TimeoutError(f"job {job_id} did not finish in {JOB_TIMEOUT_S:.0f}s")
 
 
-def _print_job(client, job: dict, out_dir: Path, echo: Callable[[str], None]) -> None:
+def _print_job(client, job: dict, out_dir: Path, echo: Callable[[str], None]) -> int:
+    """Print the job; returns how many of its file outputs are silent, empty or failed to download."""
     echo(f"\n{job['pipeline']} job {job['id']}: {job['status']} in {job['metrics'].get('total_s')}s")
     if job["status"] != "succeeded":
         echo(f"  error: {job.get('error')}")
+    problems = 0
     for name, value in (job.get("outputs") or {}).items():
         if isinstance(value, dict) and "url" in value:
-            echo(f"  {name}: {_download(client, job['id'], name, value, out_dir)}")
+            line = _download(client, job['id'], name, value, out_dir)
+            problems += "WARNING" in line or "download failed" in line
+            echo(f"  {name}: {line}")
         else:
             echo(f"  {name}: {value!r}")
     for stage in job["stages"]:
         echo(f"    stage {stage['name']}: {stage['status']}, batch of {stage['batch_size']}, ran {stage['run_s']}s")
+    return problems
 
 
 def _download(client, job_id: str, name: str, ref: dict, out_dir: Path) -> str:
@@ -151,4 +159,8 @@ def _download(client, job_id: str, name: str, ref: dict, out_dir: Path) -> str:
     path = out_dir / job_id / f"{name}{ext}"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(resp.content)
-    return f"{path} ({content_type}, {len(resp.content)} bytes)"
+    from omnijobs.describe_media import describe
+
+    what = describe(resp.content, kind)
+    warning = "  WARNING: silent" if what.silent else "  WARNING: empty" if what.empty else ""
+    return f"{path} ({content_type}, {len(resp.content)} bytes: {what.line}){warning}"

@@ -26,7 +26,7 @@ from tests.webhook_receiver import Receiver
 
 MARKER = "<!-- readme-test: dev -->"
 EXAMPLE_HOOK = "https://example.com/hooks/omnijobs"
-PIPELINES = ["chat", "z_image_turbo", "qwen2_5_vl", "qwen_image_edit"]
+PIPELINES = ["chat", "z_image_turbo", "qwen2_5_vl", "qwen_image_edit", "qwen2_5_omni", "wan2_2_t2v"]
 
 
 def readme_blocks(text: str) -> list[str]:
@@ -240,3 +240,26 @@ def test_dev_metrics_count_requests_and_queue_depth_from_the_broker_folder(dev):
     # Every family once: two sources never both serve one name.
     types = [ln.split()[2] for ln in lines if ln.startswith("# TYPE ")]
     assert len(types) == len(set(types)), sorted(t for t in types if types.count(t) > 1)
+
+
+def test_demo_says_what_each_file_holds(dev):
+    """The demo of `omnijobs dev --demo`: every job succeeds, and each file output is described
+    (image size and frames, WAV duration and peak level, video frames) and is neither silent nor empty."""
+    import httpx
+
+    from omnijobs.demo_jobs import run_demo_jobs
+    from omnijobs.pipelines import load_registry
+
+    settings = _dev_settings(dev)
+    lines: list[str] = []
+    specs = [load_registry().get(name) for name in ("z_image_turbo", "qwen2_5_omni", "wan2_2_t2v")]
+    with httpx.Client(base_url=settings["OMNIJOBS_URL"], timeout=30,
+                      headers={"Authorization": f"Bearer {settings['OMNIJOBS_API_KEY']}"}) as http:
+        failed = run_demo_jobs(http, specs, dev["home"] / "demo", lines.append)
+    text = "\n".join(lines)
+    assert failed == 0, text
+    assert re.search(r"image: .*\.png \(image/png, \d+ bytes: \d+x\d+ PNG, 1 frame\)", text), text
+    audio = re.search(r"audio: .*\.wav \(audio/wav, \d+ bytes: ([\d.]+) s, 24000 Hz, 1 ch, peak ([\d.]+)", text)
+    assert audio and float(audio.group(1)) > 0 and 0 < float(audio.group(2)) < 1, text  # audible, not clipping
+    assert re.search(r"video: .*\.mp4 \(video/mp4, \d+ bytes: [1-9]\d* frames \d+x\d+ h264", text), text
+    assert "WARNING" not in text, text
