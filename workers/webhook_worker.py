@@ -1,7 +1,7 @@
 """`omnijobs webhooks`: the process that delivers signed webhooks from the `omni.webhooks` queue.
 
 NOTE: a process of its own rather than part of the reconciler: sending waits on other people's
-servers (up to 15 s per attempt, many at once), so it runs on a thread pool and scales with its
+servers (up to webhook_timeout_s in all per attempt, many at once), so it runs on a thread pool and scales with its
 own replicas, while the reconciler's sweep must stay short and regular to keep stage leases and
 lost messages in check. The process also relays due deliveries from the outbox table to the queue
 every `webhook_relay_interval_s` (first sends and scheduled retries); the reconciler runs the same
@@ -38,12 +38,11 @@ class CeleryDeliveryPublisher:
 
 
 def build_sender(settings: Settings, engine):
-    import httpx
-
     from api.schemas import job_public
     from omnijobs.pipelines import load_registry
     from omnijobs.store.jobs import JobStore
     from omnijobs.store.keys import KeyStore
+    from omnijobs.outbound import guarded_client
     from omnijobs.store.webhooks import WebhookStore
     from omnijobs.webhooks.policy import DeliveryPolicy
     from omnijobs.webhooks.secrets import SecretSource, parse_secrets
@@ -58,10 +57,12 @@ def build_sender(settings: Settings, engine):
         lambda view: job_public(view, base_url).model_dump(mode="json"),
         SecretSource(parse_secrets(settings.webhook_secret), KeyStore(engine)),
         DeliveryPolicy(tuple(settings.webhook_retry_schedule_s), settings.webhook_jitter),
-        httpx.Client(headers={"user-agent": "omnijobs-webhooks"}),
+        # The same SSRF-safe client as input fetches: it connects only to the address it checked.
+        guarded_client(settings.private_hosts_allowed, headers={"user-agent": "omnijobs-webhooks"}),
         timeout_s=settings.webhook_timeout_s,
         lease_s=settings.webhook_lease_s,
         allowed_hosts=settings.private_hosts_allowed,
+        per_key=settings.webhook_per_key_concurrency,
     )
 
 

@@ -109,6 +109,17 @@ class WebhookStore:
                 row.delivered_at = now
             return True
 
+    def put_off(self, claimed: ClaimedDelivery, delay_s: float, now: datetime) -> bool:
+        """Hand a claimed delivery back unsent, its attempt not counted, due again in `delay_s`."""
+        with self._sessions.begin() as s:
+            return s.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id == claimed.id, WebhookDelivery.status == SENDING,
+                       WebhookDelivery.attempts == claimed.attempt)
+                .values(status=PENDING, attempts=claimed.attempt - 1, lease_until=None, enqueued_at=None,
+                        next_attempt_at=now + timedelta(seconds=delay_s), updated_at=now)
+            ).rowcount == 1
+
     def take_due(self, stale_after_s: float, now: datetime, limit: int = 500) -> list[tuple[uuid.UUID, int]]:
         """Deliveries to put on the queue now, marked as enqueued: (id, attempts made).
 

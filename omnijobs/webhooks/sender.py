@@ -1,17 +1,28 @@
-"""Sending one delivery attempt: claim, sign, POST, and record what happened."""
+"""Sending one delivery attempt: claim, sign, POST, and record what happened.
+
+NOTE: a send is bounded in total (`timeout_s` for connect, request and answer together, through
+the guarded client's deadline), always well inside its lease, so a slow receiver can never be
+sent a delivery again while the first send still runs. Sends to one key's receivers are capped
+per process (`per_key`): a claimed delivery over the cap goes back to pending for a moment
+without counting an attempt, so one key's slow receiver cannot hold every sender thread.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import httpx
 
 from omnijobs.errors import InvalidInput
-from omnijobs.netguard import check_url
+from omnijobs.netguard import Refused, check_url
+from omnijobs.outbound import deadline
 from omnijobs.store.records import JobView
 from omnijobs.store.webhooks import ClaimedDelivery, WebhookStore
 from omnijobs.webhooks import events, signing
@@ -22,6 +33,8 @@ log = logging.getLogger(__name__)
 
 # Enough of an error answer to tell what went wrong, not enough to fill the log table.
 ERROR_SNIPPET = 200
+# A delivery over its key's cap is tried again this soon (it was not attempted).
+DEFER_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -33,17 +46,18 @@ class Response:
 
 
 def post(client: httpx.Client, url: str, body: str, headers: dict[str, str], timeout_s: float) -> Response:
+    """One POST, ended by `timeout_s` in all however slowly the receiver answers."""
     started = time.monotonic()
     try:
         # Redirects are not followed: the target was checked, the place it redirects to was not.
-        with client.stream("POST", url, content=body.encode(), headers=headers, timeout=timeout_s,
-                           follow_redirects=False) as resp:
+        with deadline(timeout_s), client.stream("POST", url, content=body.encode(), headers=headers,
+                                                timeout=timeout_s, follow_redirects=False) as resp:
             error = None
             if not 200 <= resp.status_code < 300:
                 head = next(resp.iter_bytes(), b"")[:ERROR_SNIPPET].decode(errors="replace")
                 error = f"HTTP {resp.status_code}" + (f": {head}" if head else "")
             return Response(resp.status_code, _ms(started), error, resp.headers.get("retry-after"))
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         return Response(None, _ms(started), f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
 
 
@@ -60,6 +74,7 @@ class Sender:
         timeout_s: float = 15.0,
         lease_s: float = 60.0,
         allowed_hosts: frozenset[str] = frozenset(),
+        per_key: int = 0,
     ):
         self.store = store
         self.load_job = load_job
@@ -67,15 +82,52 @@ class Sender:
         self.secrets = secrets
         self.policy = policy
         self.client = client
-        self.timeout_s = timeout_s
+        # The send must end well inside the lease, or the relay would take it as lost and send it again.
+        self.timeout_s = min(timeout_s, lease_s / 2)
         self.lease_s = lease_s
         self.allowed_hosts = allowed_hosts
+        self.per_key = per_key
+        self._sending: Counter[str | None] = Counter()
+        self._lock = threading.Lock()
 
     def deliver(self, delivery_id: str, attempts: int) -> str | None:
-        """One attempt of one delivery; returns its new status, or None if the message was stale."""
+        """One attempt of one delivery; returns its new status, or None if the message was stale
+        or the delivery was put off (its key is at its cap).
+
+        Any failure of the attempt is recorded as that delivery's error: one bad delivery never
+        stops the sender, nor leaves its row to the lease sweep.
+        """
         claimed = self.store.claim(delivery_id, attempts, self.lease_s, _now())
         if claimed is None:
             return None
+        with self._slot(claimed.owner) as free:
+            if not free:
+                self.store.put_off(claimed, DEFER_S, _now())
+                return None
+            try:
+                return self._attempt(claimed)
+            except Exception as exc:  # noqa: BLE001 - anything else: this delivery's error, retried as planned
+                log.exception("delivery %s: attempt failed unexpectedly", claimed.id)
+                decision = self.policy.decide(None, None, claimed.attempt - claimed.schedule_from)
+                return self._record(claimed, claimed.body, Response(None, 0.0, f"{type(exc).__name__}: {exc}"),
+                                    decision)
+
+    @contextlib.contextmanager
+    def _slot(self, owner: str | None) -> Iterator[bool]:
+        with self._lock:
+            free = not self.per_key or self._sending[owner] < self.per_key
+            if free:
+                self._sending[owner] += 1
+        try:
+            yield free
+        finally:
+            if free:
+                with self._lock:
+                    self._sending[owner] -= 1
+                    if not self._sending[owner]:
+                        del self._sending[owner]
+
+    def _attempt(self, claimed: ClaimedDelivery) -> str:
         body = claimed.body
         try:
             if body is None:
@@ -91,7 +143,10 @@ class Sender:
             return self._record(claimed, body, Response(None, 0.0, error), Decision(FAILED))
         timestamp = int(time.time())
         headers = signing.headers(events.message_id(claimed.id), timestamp, body, secrets)
-        resp = post(self.client, claimed.url, body, headers, self.timeout_s)
+        try:
+            resp = post(self.client, claimed.url, body, headers, self.timeout_s)
+        except Refused as exc:  # the name now resolves to a private address (DNS rebinding)
+            return self._record(claimed, body, Response(None, 0.0, exc.message), Decision(STOPPED))
         decision = self.policy.decide(resp.status_code, resp.retry_after, claimed.attempt - claimed.schedule_from)
         return self._record(claimed, body, resp, decision)
 
