@@ -1,4 +1,8 @@
-"""Dependencies, as Annotated aliases."""
+"""Dependencies, as Annotated aliases.
+
+NOTE: the ones that only read app state are `async def`: FastAPI runs a plain `def` dependency on
+the thread pool, and a submit has about ten of them; those hops cost more than the lookups.
+"""
 
 from __future__ import annotations
 
@@ -17,31 +21,31 @@ from omnijobs.store.jobs import JobStore
 from omnijobs.store.keys import Principal
 
 
-def _store(request: Request) -> JobStore:
+async def _store(request: Request) -> JobStore:
     return request.app.state.store
 
 
-def _registry(request: Request) -> PipelineRegistry:
+async def _registry(request: Request) -> PipelineRegistry:
     return request.app.state.registry
 
 
-def _publisher(request: Request) -> Publisher:
+async def _publisher(request: Request) -> Publisher:
     return request.app.state.publisher
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def _values(request: Request) -> StageValues:
+async def _values(request: Request) -> StageValues:
     return request.app.state.values
 
 
-def _media(request: Request) -> MediaInputs:
+async def _media(request: Request) -> MediaInputs:
     return request.app.state.media
 
 
-def _base_url(request: Request) -> str:
+async def _base_url(request: Request) -> str:
     """Where job URLs point: the configured base URL; else this request's own origin if its Host is
     trusted; else nothing, so URLs are paths.
 
@@ -65,7 +69,7 @@ BaseUrlDep = Annotated[str, Depends(_base_url)]
 ValuesDep = Annotated[StageValues, Depends(_values)]
 
 
-def _admission(request: Request) -> Admission:
+async def _admission(request: Request) -> Admission:
     return request.app.state.admission
 
 
