@@ -224,7 +224,8 @@ def test_wiring(base_model):
     assert _command(services["api"]) == ["omnijobs", "api", "--host", "0.0.0.0", "--port", "8000", "--workers", "4"]
     assert _command(services["reconciler"]) == ["omnijobs", "reconciler"]
     flower = _command(services["flower"])
-    assert flower[0] == "celery" and "flower" in flower and env["OMNIJOBS_BROKER_URL"] in flower
+    assert flower[:3] == ["celery", "-A", "workers.flower_app"] and "flower" in flower
+    assert services["flower"]["environment"]["OMNIJOBS_BROKER_URL"] == env["OMNIJOBS_BROKER_URL"]
     assert services["api"]["deploy"]["replicas"] == 2
 
     for name in ("postgres", "redis", "api"):
