@@ -61,6 +61,7 @@ def build_runner(settings: Settings, registry, spec, stage_name: str, device: st
     from omnijobs.retry import RetryPolicy
     from omnijobs.runner import CancelFlags, ProgressReporter, StageRunner
     from omnijobs.streaming import delta_sink
+    from omnijobs.streaming.chunks import chunk_streams
     from omnijobs.store.db import make_engine
     from omnijobs.store.jobs import JobStore
 
@@ -73,7 +74,7 @@ def build_runner(settings: Settings, registry, spec, stage_name: str, device: st
     stage = choose_engine(spec.stage(stage_name), settings.ar_engine)  # vLLM where installed, for the AR kinds
     engine = create_engine(stage, device, settings.models_dir, should_stop=flags.should_stop,
                            report_progress=ProgressReporter(store).report,
-                           emit_delta=delta_sink(settings, stage_name))
+                           emit_delta=delta_sink(settings, stage_name), chunks=chunk_streams(settings, spec, stage_name))
     engine.load()
     return StageRunner(
         spec, stage_name, engine, store, publisher, worker_name,

@@ -60,6 +60,14 @@ class EngineContext:
     # e.g. {"text": " wor", "token_ids": [1917]}: published on the job's event channel. A row's
     # deltas join to the text its result carries.
     emit_delta: Callable[[list[tuple[StageRequest, dict[str, Any]]]], None] = _no_deltas
+    # The chunk transport of streamed edges (omnijobs.streaming.chunks.ChunkStreams); None without
+    # Redis: nothing is streamed, and a streamed input can only be read once recorded.
+    chunks: Any = None
+
+    def emit_chunk(self, request: StageRequest, port: str, payload: Any, final: bool = False) -> None:
+        """Hand one chunk of a row's output on `port` to the stage streaming from it (if any)."""
+        if self.chunks is not None:
+            self.chunks.emit(request, port, payload, final)
 
 
 class Engine(ABC):

@@ -14,17 +14,19 @@ from transformers import (
 )
 
 from omnijobs.engines.base import Engine, RowResult, StageRequest
-from omnijobs.engines.media_features import encode_wav
+from omnijobs.engines.chunked_audio import ChunkedAudio
 from omnijobs.engines.multimodal_lm import MultimodalLMEngine
 from omnijobs.engines.omni_glue import qwen3_talker_row
 from omnijobs.engines.qwen_omni import _bundle, _load
 from omnijobs.engines.sampling import RowSampler, RowStop
-from omnijobs.engines.talker import MinCodes, collate, talker_sampling
+from omnijobs.engines.talker import MinCodes, code_stream, collate, talker_sampling
 from omnijobs.engines.torch_runtime import torch_device
 from omnijobs.errors import FatalStageError
 
 OUTPUT_RATE = 24000
-CHUNK, LEFT_CONTEXT = 300, 25
+# Frames of left context a window is decoded with: enough for the decoder's receptive field
+# (measured on the tiny model: the window's samples equal the whole decode's to 6e-8).
+LEFT_CONTEXT = 25
 # Rows per decoder call: the decoder is compute-bound, and more rows per call made each row
 # slower on CPU (measured with loadtest/stage_throughput.py), so a large batch decodes in parts.
 DECODE_ROWS = 4
@@ -86,8 +88,30 @@ class Qwen3OmniTalkerEngine(Engine):
         enc = collate(rows, 0, self.device)
         extra = {k: enc[k] for k in ("image_grid_thw", "audio_feature_lengths") if k in enc}
         m.rope_deltas = None
+        streamed = code_stream(self.ctx, "codes", [batch[i] for i in live], [s["max_tokens"] for s in sampling],
+                               self.eos_ids, 0)
+        hook = m.register_forward_hook(streamed.capture) if streamed else None
+        try:
+            out = self._generate(m, enc, sampling, batch, live, extra, streamed)
+        finally:
+            if hook is not None:
+                hook.remove()
+        # Step k's residual codes complete the first-group code drawn at step k-1.
+        residuals = [h[-1] for h in out.hidden_states if h[-1] is not None]
+        groups = torch.stack(residuals, dim=1) if residuals else torch.zeros((len(live), 0, m.config.num_code_groups))
+        for j, i in enumerate(live):
+            first = out.sequences[j].tolist()[: sampling[j]["max_tokens"]]
+            end = next((k for k, c in enumerate(first) if c in self.eos_ids), len(first))
+            end = min(end, groups.shape[1])
+            codes = groups[j, :end].T.contiguous().long().cpu()  # (G, T)
+            results[i] = {"codes": {"codes": codes}, "usage": {"codes": int(end)}}
+        if streamed:
+            streamed.finish([results[i]["codes"]["codes"] for i in live])
+        return results
+
+    def _generate(self, m, enc, sampling, batch, live, extra, streamed):
         with torch.no_grad():
-            out = m.generate(
+            return m.generate(
                 inputs_embeds=enc["inputs_embeds"], attention_mask=enc["attention_mask"],
                 talker_input_ids=enc["input_ids"], trailing_text_hidden=enc["text"], tts_pad_embed=enc["pad"],
                 max_new_tokens=max(s["max_tokens"] for s in sampling), do_sample=False,
@@ -98,38 +122,43 @@ class Qwen3OmniTalkerEngine(Engine):
                     RowSampler(sampling, self.eos_ids),
                 ]),
                 stopping_criteria=StoppingCriteriaList([RowStop(
-                    0, [s["max_tokens"] for s in sampling], [batch[i].run_id for i in live], self.ctx.should_stop)]),
+                    0, [s["max_tokens"] for s in sampling], [batch[i].run_id for i in live], self.ctx.should_stop),
+                    *([streamed] if streamed else [])]),
                 **extra,
             )
-        # Step k's residual codes complete the first-group code drawn at step k-1.
-        residuals = [h[-1] for h in out.hidden_states if h[-1] is not None]
-        groups = torch.stack(residuals, dim=1) if residuals else torch.zeros((len(live), 0, m.config.num_code_groups))
-        for j, i in enumerate(live):
-            first = out.sequences[j].tolist()[: sampling[j]["max_tokens"]]
-            end = next((k for k, c in enumerate(first) if c in self.eos_ids), len(first))
-            end = min(end, groups.shape[1])
-            codes = groups[j, :end].T.contiguous().long().cpu()  # (G, T)
-            results[i] = {"codes": {"codes": codes}, "usage": {"codes": int(end)}}
-        return results
 
 
 class Qwen3OmniCode2WavEngine(Engine):
-    """Codes (G, T) → 24 kHz waveform. The decoder is causal, so rows padded with zeros at the end
-    decode together and are cut back to their own lengths."""
+    """Codes (G, T) → 24 kHz waveform, decoded in windows of frames with left context
+    (engines/chunked_audio.py), from the recorded codes or from the talker's stream.
+
+    The decoder is causal: a window decoded after LEFT_CONTEXT frames of context gives the same
+    samples (to float rounding) as decoding the whole sequence, and rows right-padded with zeros
+    decode together. Each window's samples start where the previous window's stopped, so the
+    joined windows are the whole decode (n frames → n·upsample − tail samples), with no gap at
+    the seams.
+    """
 
     def load(self) -> None:
         self.device = torch_device(self.ctx.device)
         self.model = _load(Qwen3OmniMoeCode2Wav, self.ctx.model_path).float().to(self.device).eval()
         self.per_code = int(self.model.total_upsample)
+        cfg = self.model.config
+        with torch.no_grad():
+            one = self.model(torch.zeros((1, cfg.num_quantizers, 1), dtype=torch.long, device=self.device))
+        # Samples a decode of n frames is short of n·upsample (the convolutions' trailing delay).
+        self.tail = self.per_code - int(one.shape[-1])
 
     def run(self, batch: list[StageRequest]) -> list[RowResult]:
         cfg = self.model.config
         results: list[RowResult | None] = [None] * len(batch)
-        codes, live = [], []
+        recorded, live = {}, []
         for i, req in enumerate(batch):
             bundle = req.inputs.get("codes")
             c = bundle.get("codes") if isinstance(bundle, dict) else None
-            if c is None or c.dim() != 2 or c.shape[0] != cfg.num_quantizers:
+            if bundle is None and "codes" in self.ctx.stage.streams:
+                live.append(i)  # read from the talker's stream
+            elif c is None or c.dim() != 2 or c.shape[0] != cfg.num_quantizers:
                 results[i] = FatalStageError(f"input 'codes' must hold a ({cfg.num_quantizers}, T) 'codes' tensor")
             elif c.shape[1] == 0:
                 results[i] = FatalStageError("the talker produced no speech codes")
@@ -138,30 +167,30 @@ class Qwen3OmniCode2WavEngine(Engine):
             elif self.ctx.should_stop(req.run_id):
                 results[i] = FatalStageError("canceled")
             else:
-                codes.append(c.long())
+                recorded[len(live)] = c.long()
                 live.append(i)
         if not live:
             return results
-        for start in range(0, len(live), DECODE_ROWS):
-            part = slice(start, start + DECODE_ROWS)
-            for i, samples in zip(live[part], self._decode(codes[part])):
-                results[i] = {"audio": encode_wav(samples, OUTPUT_RATE),
-                              "usage": {"samples": int(samples.size), "seconds": samples.size / OUTPUT_RATE}}
+        loop = ChunkedAudio(self.ctx, "codes", cfg.num_quantizers, OUTPUT_RATE, self._decode, self._window)
+        for j, out in enumerate(loop.run([batch[i] for i in live], recorded)):
+            results[live[j]] = out
         return results
 
-    def _decode(self, codes: list[torch.Tensor]) -> list:
+    def _window(self, start: int, end: int) -> tuple[int, int, int]:
+        """(first frame to decode, samples to skip, samples to keep) for new frames start..end."""
+        first = max(0, start - LEFT_CONTEXT)
+        skip = (start - first) * self.per_code - self.tail if start else 0
+        return first, skip, (end - first) * self.per_code - self.tail
+
+    def _decode(self, windows: list[tuple[torch.Tensor, int, int]]) -> list:
         cfg = self.model.config
-        width = max(c.shape[1] for c in codes)
-        padded = torch.zeros((len(codes), cfg.num_quantizers, width), dtype=torch.long)
-        for j, c in enumerate(codes):
+        for codes, _, _ in windows:
+            if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= cfg.codebook_size):
+                raise FatalStageError(f"speech codes outside the codebook (0..{cfg.codebook_size - 1})")
+        width = max(c.shape[1] for c, _, _ in windows)
+        padded = torch.zeros((len(windows), cfg.num_quantizers, width), dtype=torch.long)
+        for j, (c, _, _) in enumerate(windows):
             padded[j, :, : c.shape[1]] = c
         with torch.no_grad():
-            wavs = self.model.chunked_decode(padded.to(self.device), chunk_size=CHUNK, left_context_size=LEFT_CONTEXT)
-        chunks = -(-width // CHUNK)
-        lost_per_chunk = (width * self.per_code - wavs.shape[-1]) // chunks
-        out = []
-        for j, c in enumerate(codes):
-            n = c.shape[1]
-            length = n * self.per_code - lost_per_chunk * -(-n // CHUNK)
-            out.append(wavs[j].reshape(-1)[:length].float().cpu().numpy())
-        return out
+            wavs = self.model(padded.to(self.device))
+        return [wavs[j].reshape(-1)[skip:keep].float().cpu().numpy() for j, (_, skip, keep) in enumerate(windows)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import LogitsProcessor
+from transformers import LogitsProcessor, StoppingCriteria
 
 from omnijobs.engines.base import StageRequest
 from omnijobs.engines.omni_glue import TalkerRow
@@ -66,3 +66,67 @@ def talker_sampling(run_id: str, params: dict[str, Any]) -> dict[str, Any]:
     if row["min_tokens"] > row["max_tokens"]:
         raise FatalStageError(f"min_tokens {row['min_tokens']} exceeds max_tokens {row['max_tokens']}")
     return row
+
+
+class CodeStream(StoppingCriteria):
+    """Hands each row's codec frames to the streamed edge while `generate` runs.
+
+    Frames arrive through `capture` (a forward hook: the model returns the frame it completed at
+    each step); a frame counts once its row's first-group code is known not to end the row. Whole
+    chunks go out as they fill (`first_chunk` frames, then `chunk`); `finish` sends the rest of the
+    recorded codes with the end mark, so a row's chunks always join to exactly its `codes` output.
+    It never stops a row itself.
+    """
+
+    def __init__(self, ctx, port: str, stream, requests, max_tokens: list[int], eos_ids: list[int], prompt_len: int):
+        self.ctx, self.port, self.stream = ctx, port, stream
+        self.requests, self.max_tokens = list(requests), max_tokens
+        self.eos_ids, self.prompt_len = torch.tensor(eos_ids), prompt_len
+        self.frames: list[torch.Tensor] = []  # per step: (B, G) codes
+        self.sent = [0] * len(self.requests)
+        self.ended = [False] * len(self.requests)
+
+    def capture(self, module, args, output) -> None:
+        codes = output.hidden_states[1] if isinstance(output.hidden_states, tuple) else None
+        if codes is not None:
+            self.frames.append(codes.detach().to("cpu", torch.long))
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        tokens = input_ids[:, self.prompt_len:].cpu()
+        n = len(self.frames)
+        stop = torch.isin(tokens[:, :n], self.eos_ids)
+        out = []
+        for j, req in enumerate(self.requests):
+            hit = stop[j].nonzero()
+            valid = min(int(hit[0]) if hit.numel() else n, self.max_tokens[j])
+            size = (self.stream.first_chunk or self.stream.chunk) if self.sent[j] == 0 else self.stream.chunk
+            while valid - self.sent[j] >= size:
+                frames = torch.stack([f[j] for f in self.frames[self.sent[j]: self.sent[j] + size]], dim=1)
+                out.append((req, self.port, frames, False))
+                self.sent[j] += size
+                size = self.stream.chunk
+        if out:
+            self.ctx.chunks.emit_many(out)
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    def finish(self, codes: list[torch.Tensor | None]) -> None:
+        """After `generate`: each row's recorded (G, T) codes (None: the row failed); ends every stream."""
+        out = []
+        for j, req in enumerate(self.requests):
+            row = codes[j]
+            if row is None:
+                continue
+            if self.sent[j] > row.shape[1]:
+                raise RuntimeError(f"streamed {self.sent[j]} frames but recorded {row.shape[1]}")
+            rest = row[:, self.sent[j]:]
+            out.append((req, self.port, rest if rest.shape[1] else None, True))
+        if out:
+            self.ctx.chunks.emit_many(out)
+
+
+def code_stream(ctx, port: str, requests, max_tokens, eos_ids, prompt_len) -> CodeStream | None:
+    """A CodeStream when a downstream stage reads `port` as a stream, else None."""
+    stream = ctx.chunks.outgoing.get(port) if ctx.chunks is not None else None
+    if stream is None:
+        return None
+    return CodeStream(ctx, port, stream, requests, max_tokens, eos_ids, prompt_len)

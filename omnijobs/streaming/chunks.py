@@ -1,0 +1,230 @@
+"""Chunks on a streamed edge: the upstream stage writes them while it generates, the downstream reads.
+
+One Redis stream per job and edge (`omnijobs:job:{job}:edge:{stage}.{port}`). Every entry carries
+the writer's attempt number and its sequence number within that attempt; the last entry of an
+attempt is marked `end`. Attempt numbers come from a counter beside the stream, taken when an
+attempt writes its first chunk, so a retried upstream always writes under a higher number than any
+earlier attempt, and a reader that sees a higher number than the one it follows knows the stream
+restarted: it drops what it had and starts over from that attempt's first chunk.
+
+Payloads are arrays (codec frames: a few small ints per frame) stored inline as raw bytes with
+their dtype and shape; a chunk larger than `MAX_INLINE` is refused (such edges would need the
+artifact connector). Streams expire `ttl_s` after their last write, and soon (`ended_ttl_s`) after
+their reader is done, so nothing grows without bound.
+
+Without Redis (dev mode's file-system broker) there is no transport: upstream engines publish
+nothing, and a downstream run whose streamed input is not recorded yet fails with a message saying so.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from omnijobs.pipelines.spec import PipelineSpec, StreamSpec
+from omnijobs.streaming.channel import ChannelConfig, channel_key, encode
+
+log = logging.getLogger("omnijobs.streaming")
+
+MAX_INLINE = 1 << 20
+# Channel event types written by downstream engines (read by JobFollower like deltas).
+AUDIO, RESTART = "audio", "restart"
+
+
+def edge_key(job_id: str, stage: str, port: str) -> str:
+    return f"omnijobs:job:{job_id}:edge:{stage}.{port}"
+
+
+def encode_payload(payload: Any) -> dict[str, bytes | str]:
+    array = np.ascontiguousarray(payload.detach().cpu().numpy() if hasattr(payload, "detach") else np.asarray(payload))
+    data = array.tobytes()
+    if len(data) > MAX_INLINE:
+        raise ValueError(f"a stream chunk of {len(data)} bytes exceeds the inline limit of {MAX_INLINE}")
+    return {"dtype": array.dtype.str, "shape": ",".join(map(str, array.shape)), "data": data}
+
+
+def decode_payload(fields: dict[str, bytes]) -> np.ndarray:
+    shape = tuple(int(n) for n in _text(fields[b"shape"]).split(",") if n)
+    return np.frombuffer(fields[b"data"], dtype=np.dtype(_text(fields[b"dtype"]))).reshape(shape).copy()
+
+
+@dataclass
+class EdgeStream:
+    """What a reader has of one job's edge: the attempt it follows and that attempt's chunks so far."""
+
+    job_id: str
+    key: str
+    attempt: int = 0
+    cursor: str = "0-0"
+    chunks: list[np.ndarray] = field(default_factory=list)
+    ended: bool = False
+    # Set when a newer attempt replaced what was read (the consumer must drop its decoded output).
+    restarted: bool = False
+
+    def _restart(self, attempt: int) -> None:
+        self.attempt, self.chunks, self.ended, self.restarted = attempt, [], False, True
+
+
+class ChunkStreams:
+    """Writer and reader of a stage's streamed edges, plus the audio/restart events of its jobs."""
+
+    def __init__(self, config: ChannelConfig, spec: PipelineSpec | None = None, stage: str = "", client=None):
+        import redis
+
+        self.config = config
+        self.stage = stage
+        self.redis = client or redis.Redis.from_url(config.redis_url, socket_timeout=30, socket_connect_timeout=5)
+        # This stage's output ports that a downstream stage reads as a stream, with that stream's spec.
+        self.outgoing: dict[str, StreamSpec] = outgoing_streams(spec, stage) if spec is not None else {}
+        # (request identity, port) -> (request, attempt, next seq): one attempt number per run per batch.
+        self._writing: OrderedDict[tuple[int, str], tuple[Any, int, int]] = OrderedDict()
+
+    # ------------------------------------------------------------------ writer
+
+    def emit(self, request, port: str, payload: Any, final: bool = False) -> None:
+        """Append one chunk of `request`'s output on `port` (None payload: only the end mark)."""
+        self.emit_many([(request, port, payload, final)])
+
+    def emit_many(self, rows: Sequence[tuple[Any, str, Any, bool]]) -> None:
+        """Several rows' chunks in one round trip: (request, port, payload or None, final)."""
+        rows = [r for r in rows if r[1] in self.outgoing]
+        if not rows:
+            return
+        fresh = [(r[0], r[1]) for r in rows if (id(r[0]), r[1]) not in self._writing]
+        if fresh:
+            pipe = self.redis.pipeline(transaction=False)
+            for req, port in fresh:
+                pipe.incr(edge_key(req.job_id, self.stage, port) + ":attempts")
+            for (req, port), attempt in zip(fresh, pipe.execute(), strict=True):
+                self._writing[(id(req), port)] = (req, int(attempt), 0)
+            while len(self._writing) > 4096:  # rows of batches that died before their end mark
+                self._writing.popitem(last=False)
+        pipe = self.redis.pipeline(transaction=False)
+        for req, port, payload, final in rows:
+            slot = (id(req), port)
+            _, attempt, seq = self._writing[slot]
+            entry: dict[str, Any] = {"attempt": attempt, "seq": seq, "end": int(final)}
+            if payload is not None:
+                entry.update(encode_payload(payload))
+            key = edge_key(req.job_id, self.stage, port)
+            pipe.xadd(key, entry)
+            pipe.expire(key, self.config.ttl_s)
+            pipe.expire(key + ":attempts", self.config.ttl_s)
+            if final:
+                del self._writing[slot]
+            else:
+                self._writing[slot] = (req, attempt, seq + 1)
+        pipe.execute()
+
+    # ------------------------------------------------------------------ reader
+
+    def open(self, job_id: str, ref: str) -> EdgeStream:
+        """Start following the edge `ref` ("stage.port") of a job at its newest attempt.
+
+        A reader that is not the edge's first (the downstream run is a retry) tells the job's
+        listeners to drop the audio they got: it is about to be sent again from the start.
+        """
+        stage, _, port = ref.partition(".")
+        key = edge_key(job_id, stage, port)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xrevrange(key, "+", "-", count=1)
+        pipe.incr(key + ":readers")
+        pipe.expire(key + ":readers", self.config.ttl_s)
+        last, readers, _ = pipe.execute()
+        edge = EdgeStream(job_id, key, attempt=int(last[0][1][b"attempt"]) if last else 0)
+        edge.restarted = int(readers) > 1
+        return edge
+
+    def read(self, edges: Sequence[EdgeStream], block_ms: int) -> None:
+        """Advance every open edge with what its stream holds, waiting up to `block_ms` for anything."""
+        live = [e for e in edges if not e.ended]
+        if not live:
+            return
+        by_key = {e.key: e for e in live}
+        reply = self.redis.xread({e.key: e.cursor for e in live}, count=1024, block=max(1, block_ms))
+        for key, entries in reply or []:
+            edge = by_key[_text(key)]
+            for entry_id, fields in entries:
+                edge.cursor = _text(entry_id)
+                _apply(edge, fields)
+
+    def done(self, edges: Iterable[EdgeStream]) -> None:
+        """The reader is finished with these edges: let them expire soon."""
+        pipe = self.redis.pipeline(transaction=False)
+        for e in edges:
+            for key in (e.key, e.key + ":attempts", e.key + ":readers"):
+                pipe.expire(key, self.config.ended_ttl_s)
+        try:
+            pipe.execute()
+        except Exception:  # they expire on their own after ttl_s
+            log.exception("could not shorten the life of %d stream(s)", len(list(edges)))
+
+    # ------------------------------------------------------------------ events
+
+    def publish(self, kind: str, rows: Sequence[tuple[Any, dict[str, Any]]]) -> None:
+        """Events on the jobs' channels, one round trip: (request, data). Best effort, like deltas."""
+        if not rows:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for req, data in rows:
+            key = channel_key(req.job_id)
+            pipe.xadd(key, encode(kind, {"stage": self.stage, "run_id": req.run_id, **data}),
+                      maxlen=self.config.maxlen, approximate=True)
+            pipe.expire(key, self.config.ttl_s)
+        try:
+            pipe.execute()
+        except Exception as exc:  # NOTE: a live view; the recorded output is what counts
+            log.warning("event channel unavailable, %s events dropped: %s", kind, exc)
+
+
+def _apply(edge: EdgeStream, fields: dict) -> None:
+    attempt, seq = int(fields[b"attempt"]), int(fields[b"seq"])
+    if attempt < edge.attempt:
+        return  # an older attempt's leftovers
+    if attempt > edge.attempt:
+        edge._restart(attempt)
+    if seq != len(edge.chunks):
+        if seq < len(edge.chunks):
+            return
+        raise LookupError(f"stream {edge.key} lost chunks of attempt {attempt} (got {seq}, "
+                          f"expected {len(edge.chunks)})")
+    edge.chunks.append(decode_payload(fields) if b"data" in fields else None)
+    edge.ended = bool(int(fields[b"end"]))
+
+
+def outgoing_streams(spec: PipelineSpec, stage: str) -> dict[str, StreamSpec]:
+    """The output ports of `stage` that some stage reads as a stream (port -> its StreamSpec)."""
+    out = {}
+    for other in spec.stages.values():
+        for port, stream in other.streams.items():
+            head, _, tail = other.inputs[port].partition(".")
+            if head == stage:
+                out[tail] = stream
+    return out
+
+
+def chunk_streams(settings, spec: PipelineSpec, stage: str) -> ChunkStreams | None:
+    """The stage's chunk transport for these settings; None without Redis (no streaming)."""
+    config = ChannelConfig.from_settings(settings)
+    if config.redis_url is None:
+        return None
+    return ChunkStreams(config, spec, stage)
+
+
+def schedule(frames: int, stream: StreamSpec) -> list[int]:
+    """Chunk boundaries over `frames` frames: first_chunk, then chunk each (the last may be short)."""
+    bounds, at, size = [], 0, stream.first_chunk or stream.chunk
+    while at < frames:
+        at = min(frames, at + size)
+        bounds.append(at)
+        size = stream.chunk
+    return bounds
+
+
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else v
