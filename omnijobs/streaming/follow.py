@@ -18,6 +18,9 @@ from omnijobs.store.records import JobView
 from omnijobs.streaming.channel import DELTA, ChannelConfig, channel_key, decode
 
 FINAL = ("succeeded", "failed", "canceled")
+# Channel entries passed on as they are: token deltas, audio chunks of streamed stages, and the
+# restart of a stream (the listener drops the audio it has: it is sent again).
+LIVE = (DELTA, "audio", "restart")
 START = "0-0"
 
 
@@ -25,7 +28,7 @@ START = "0-0"
 class FollowEvent:
     # The channel position this event was read at: what a client sends back to resume after it.
     id: str
-    type: str  # "status" | "stage" | "delta" | "end"
+    type: str  # "status" | "stage" | "delta" | "audio" | "restart" | "end"
     data: dict[str, Any] = field(default_factory=dict)
     job: JobView | None = None
 
@@ -71,8 +74,8 @@ class JobFollower:
             wait_s = max(0.0, interval - (time.monotonic() - last_poll))
             for entry_id, kind, data in await self._read(job_id, cursor, wait_s):
                 cursor = entry_id
-                if kind == DELTA:
-                    yield FollowEvent(entry_id, "delta", data)
+                if kind in LIVE:
+                    yield FollowEvent(entry_id, kind, data)
                 else:
                     nudged = True
             if nudged or time.monotonic() - last_poll >= interval:
@@ -122,8 +125,8 @@ class JobFollower:
                 return
             for entry_id, kind, data in entries:
                 cursor = entry_id
-                if kind == DELTA:
-                    yield FollowEvent(entry_id, "delta", data)
+                if kind in LIVE:
+                    yield FollowEvent(entry_id, kind, data)
 
     async def close(self) -> None:
         if self.redis is not None:
