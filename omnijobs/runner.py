@@ -243,7 +243,10 @@ class StageRunner:
     def _clean_finished_jobs(self, job_ids: set) -> None:
         """Free the intermediate artifacts of jobs that ended outside this batch's record (canceled, failed)."""
         if self.values is not None and job_ids:
-            clean_finished_jobs(self.store, self.values, job_ids)
+            try:
+                clean_finished_jobs(self.store, self.values, job_ids)
+            except Exception:  # the store is unreachable: retention frees them later
+                log.exception("could not clean up after %d job(s)", len(job_ids))
 
     def _record_failure(self, run: ClaimedRun, error: BaseException) -> None:
         decision = self.policy.decide(error, run.attempt, run.max_attempts)

@@ -168,6 +168,8 @@ class BatchConsumer:
                 d.message.requeue()
             self.stop.wait(self._requeue_backoff_s)
             return
+        except Exception:  # the handler owns its failures; the consumer must keep consuming
+            log.exception("handling a batch of %s failed", self.queue_name)
         self._requeue_backoff_s = 0.0
         for d in deliveries:
             d.message.ack()

@@ -185,6 +185,11 @@ class _StageLoop:
         except EngineDead:
             log.exception("engine is dead; exiting so the supervisor restarts the worker")
             os._exit(75)
+        except Exception:
+            # The runs were claimed: their leases run out and the reconciler retries them. The loop
+            # itself must go on (a database outage mid-batch must not stop the worker).
+            log.exception("batch of %s failed outside its runs", self.ref)
+            return
         if report.claimed:
             # Counters for operators, off the path between message and claim.
             self.workers.batch_done(self.worker_name, report.succeeded, report.failed, report.batch_sizes[-1])
