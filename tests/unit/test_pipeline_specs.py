@@ -96,7 +96,7 @@ def test_chat_spec_shape():
     spec = load_file(BUILTIN_DIR / "chat.yaml")
     gen = spec.stages["generate"]
     assert gen.name == "generate"
-    assert gen.inputs == {"prompt": "job.prompt", "system": "job.system"}
+    assert gen.inputs == {"prompt": "job.prompt", "system": "job.system", "history": "job.history"}
     assert gen.params["seed"].nullable is True
     assert spec.queue("generate") == "omni.chat.generate"
     assert spec.public()["stages"][0]["queue"] == "omni.chat.generate"
@@ -248,9 +248,9 @@ def test_port_type_mismatch_job_input():
 
 
 def test_unknown_engine():
-    err = spec_error(pipeline("gen:\n  engine: vllm\n  inputs: {prompt: job.prompt}\n"))
+    err = spec_error(pipeline("gen:\n  engine: tensorrt\n  inputs: {prompt: job.prompt}\n"))
     assert_names(err, stage="gen", field="engine")
-    assert "unknown engine 'vllm'" in str(err)
+    assert "unknown engine 'tensorrt'" in str(err)
     assert "transformers_lm" in str(err)
 
 
@@ -269,7 +269,7 @@ def test_unknown_engine_on_upstream_stage_listed_after_its_consumer():
       engine: transformers_lm
       inputs: {prompt: up.text}
     up:
-      engine: vllm
+      engine: tensorrt
       inputs: {prompt: job.prompt}
     """
     err = spec_error(pipeline(stages, outputs="text: down.text"))
