@@ -107,7 +107,8 @@ class Client:
                             return
                         event, data = "message", []
         except httpx.TransportError as exc:
-            raise ApiError(f"lost the event stream of job {job_id} at {self.url} ({exc or type(exc).__name__})") from None
+            reason = exc or type(exc).__name__
+            raise ApiError(f"lost the event stream of job {job_id} at {self.url} ({reason})") from None
 
     def download(self, job_id: str, name: str, target: Path) -> int:
         """Stream a file output to `target`; returns its size in bytes."""

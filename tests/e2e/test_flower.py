@@ -40,8 +40,8 @@ def flower(settings_env, tmp_path_factory):
     log = folder / "flower.log"
     celery = [sys.executable, "-m", "celery"]
     with open(log, "wb") as out:
-        proc = subprocess.Popen([*celery, "-A", "workers.flower_app", "flower", f"--port={port}", "--address=127.0.0.1"],
-                                env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        args = [*celery, "-A", "workers.flower_app", "flower", f"--port={port}", "--address=127.0.0.1"]
+        proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
