@@ -99,6 +99,7 @@ async def chat_completions(body: ChatRequest, request: Request, registry: Regist
         "seed": (body.seed, "seed"), "stop": (body.stop or None, "stop"),
     })
     check_common(body, spec)
+    params.update(_voice_params(spec, body))
     metadata = {**(body.metadata or {}), "openai": "chat.completions", **({"user": body.user} if body.user else {})}
     job = await submit_job(request, principal, spec, inputs, params, metadata, fields)
     if body.stream:
@@ -124,6 +125,21 @@ def check_common(body: ChatRequest, spec: PipelineSpec) -> None:
                            field="audio")
     if wants_audio and body.stream:
         raise RequestError("audio output is not streamed; send stream: false", field="stream")
+
+
+def _voice_params(spec: PipelineSpec, body: ChatRequest) -> dict[str, dict[str, Any]]:
+    """`audio.voice` as the speaker of the stage that has one (an omni talker)."""
+    voice = body.audio.voice if body.audio and "audio" in (body.modalities or []) else None
+    if voice is None:
+        return {}
+    stage = next((s for s in spec.stages.values() if "speaker" in s.params), None)
+    if stage is None:
+        raise RequestError(f"model '{spec.name}' has no voice to choose", field="audio.voice")
+    choices = stage.params["speaker"].choices
+    if choices and voice not in choices:
+        raise RequestError(f"audio.voice must be one of {', '.join(map(str, choices))}; got '{voice}'",
+                           field="audio.voice")
+    return {stage.name: {"speaker": voice}}
 
 
 def chat_inputs(spec: PipelineSpec, body: ChatRequest) -> tuple[dict[str, Any], dict[str, str]]:
