@@ -83,10 +83,16 @@ class ChunkedAudio:
     def run(self, batch: list[StageRequest], recorded: dict[int, torch.Tensor]) -> list[RowResult]:
         """`recorded`: the rows whose frames are already known (by batch index); others read the stream."""
         results: list[RowResult | None] = [None] * len(batch)
-        rows = []
+        rows, restarts, opened = [], [], []
         for i, req in enumerate(batch):
             if i in recorded:
                 rows.append(_Row(i, req, None, recorded[i], True))
+                # A retry after the upstream ended decodes its recorded output, but listeners may
+                # hold audio of an earlier run of this stage: they are told to drop it all the same.
+                if self.events is not None:
+                    opened.append(self.events.open(req.job_id, self.ctx.stage.inputs[self.port]))
+                    if opened[-1].restarted:
+                        restarts.append(rows[-1])
             elif self.ctx.chunks is None:
                 results[i] = FatalStageError(
                     f"input '{self.port}' is streamed from {self.ctx.stage.inputs[self.port]}, which needs a Redis "
@@ -94,18 +100,19 @@ class ChunkedAudio:
             else:
                 edge = self.ctx.chunks.open(req.job_id, self.ctx.stage.inputs[self.port])
                 rows.append(_Row(i, req, edge, torch.zeros((self.groups, 0), dtype=torch.long), False))
-        restarts = [r for r in rows if r.edge is not None and r.edge.restarted]
+        restarts += [r for r in rows if r.edge is not None and r.edge.restarted]
         try:
             self._loop(rows, results, restarts)
         finally:
             if self.ctx.chunks is not None:
-                self.ctx.chunks.done([r.edge for r in rows if r.edge is not None])
+                self.ctx.chunks.done([*opened, *(r.edge for r in rows if r.edge is not None)])
         return results
 
     def _loop(self, rows: list[_Row], results: list, restarts: list[_Row]) -> None:
         active = list(rows)
         while active:
             self._restart(restarts)
+            restarts = []
             for r in list(active):
                 if self.ctx.should_stop(r.req.run_id):
                     results[r.index] = FatalStageError("canceled")
@@ -146,9 +153,10 @@ class ChunkedAudio:
 
     def _restart(self, rows: list[_Row]) -> None:
         if rows and self.events is not None:
-            self.events.publish(RESTART, [(r.req, {"attempt": r.edge.attempt}) for r in rows])
+            self.events.publish(RESTART, [(r.req, {"attempt": r.edge.attempt if r.edge else 0}) for r in rows])
         for r in rows:
-            r.edge.restarted = False
+            if r.edge is not None:
+                r.edge.restarted = False
 
     def _due(self, r: _Row) -> bool:
         pending = r.frames.shape[1] - r.done

@@ -9,7 +9,7 @@ restarted: it drops what it had and starts over from that attempt's first chunk.
 
 Payloads are arrays (codec frames: a few small ints per frame) stored inline as raw bytes with
 their dtype and shape; a chunk larger than `MAX_INLINE` is refused (such edges would need the
-artifact connector). Streams expire `ttl_s` after their last write, and soon (`ended_ttl_s`) after
+artifact connector). Streams expire `ttl_s` after their first write, and soon (`ended_ttl_s`) after
 their reader is done, so nothing grows without bound.
 
 Without Redis (dev mode's file-system broker) there is no transport: upstream engines publish
@@ -113,8 +113,10 @@ class ChunkStreams:
                 entry.update(encode_payload(payload))
             key = edge_key(req.job_id, self.stage, port)
             pipe.xadd(key, entry)
-            pipe.expire(key, self.config.ttl_s)
-            pipe.expire(key + ":attempts", self.config.ttl_s)
+            # NOTE: only a stream without an expiry gets one: a reader that is done (or a canceled
+            # job's) has set a short one, which a late end mark must not stretch back to ttl_s.
+            pipe.expire(key, self.config.ttl_s, nx=True)
+            pipe.expire(key + ":attempts", self.config.ttl_s, nx=True)
             if final:
                 del self._writing[slot]
             else:
@@ -186,7 +188,9 @@ def _apply(edge: EdgeStream, fields: dict) -> None:
     attempt, seq = int(fields[b"attempt"]), int(fields[b"seq"])
     if attempt < edge.attempt:
         return  # an older attempt's leftovers
-    if attempt > edge.attempt:
+    if attempt > edge.attempt and edge.attempt == 0:
+        edge.attempt = attempt  # the first attempt this reader sees: nothing to drop
+    elif attempt > edge.attempt:
         edge._restart(attempt)
     if seq != len(edge.chunks):
         if seq < len(edge.chunks):
