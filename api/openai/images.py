@@ -6,13 +6,14 @@ import base64
 from typing import Literal
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import BaseUrlDep, PrincipalDep, RegistryDep
 from api.openai.errors import OpenAIRoute
 from api.openai.jobs import created, job_headers, submit_job, wait_job
-from api.openai.media import as_size_error, extra_params, output_file, size_params
+from api.openai.media import as_size_error, extra_params, output_file, png_frames, size_params
 from api.openai.models import model_for
 from omnijobs.errors import RequestError
 
@@ -33,6 +34,7 @@ class ImageRequest(BaseModel):
     seed: int | None = None
     negative_prompt: str | None = None
     guidance_scale: float | None = None
+    layers: int | None = None  # qwen_image_layered: how many layers to split the image into
 
 
 async def _run(request: Request, principal, spec, inputs: dict, body, base_url: str, fields: dict) -> JSONResponse:
@@ -40,18 +42,21 @@ async def _run(request: Request, principal, spec, inputs: dict, body, base_url: 
         raise RequestError("n must be 1: each image is a job of its own; send one request per image", field="n")
     params = {**size_params(spec, body.size), **extra_params(spec, {
         "num_inference_steps": body.num_inference_steps, "seed": body.seed,
-        "negative_prompt": body.negative_prompt, "guidance_scale": body.guidance_scale})}
+        "negative_prompt": body.negative_prompt, "guidance_scale": body.guidance_scale, "layers": body.layers})}
     try:
         job = await submit_job(request, principal, spec, inputs, params,
                                {"openai": "images", **({"user": body.user} if body.user else {})}, fields)
     except RequestError as exc:
         raise as_size_error(exc) from None
     done = await wait_job(request, job)
-    if body.response_format == "url":
-        item = {"url": f"{base_url}/v1/jobs/{done.id}/outputs/image"}
+    output = "image" if "image" in spec.outputs else "layers"
+    if body.response_format == "url":  # the layers' URL is their animated PNG, a frame per layer
+        data = [{"url": f"{base_url}/v1/jobs/{done.id}/outputs/{output}"}]
     else:
-        item = {"b64_json": base64.b64encode((await output_file(request, done, "image")).data).decode()}
-    return JSONResponse({"created": created(done), "data": [item]}, headers=job_headers(done))
+        file = (await output_file(request, done, output)).data
+        pngs = await run_in_threadpool(png_frames, file) if output == "layers" else [file]
+        data = [{"b64_json": base64.b64encode(png).decode()} for png in pngs]
+    return JSONResponse({"created": created(done), "data": data}, headers=job_headers(done))
 
 
 @router.post("/generations", response_model=None)

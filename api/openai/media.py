@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import re
 from typing import Any
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
+from PIL import Image, ImageSequence
 
 from omnijobs.errors import RequestError
 from omnijobs.outputs import OutputFile, read_output
@@ -47,3 +49,14 @@ def as_size_error(exc: RequestError) -> RequestError:
 async def output_file(request: Request, job: JobView, name: str) -> OutputFile:
     state = request.app.state
     return await run_in_threadpool(read_output, state.store, state.values, str(job.id), name)
+
+
+def png_frames(data: bytes) -> list[bytes]:
+    """Each frame of an animated PNG as a PNG of its own: OpenAI's `data` is a list of images."""
+    out = []
+    with Image.open(io.BytesIO(data)) as image:
+        for frame in ImageSequence.Iterator(image):
+            buf = io.BytesIO()
+            frame.copy().save(buf, format="PNG")
+            out.append(buf.getvalue())
+    return out

@@ -16,7 +16,9 @@ ROUTES = {
     "chat.completions": lambda s: _has(s, "prompt", "text") and "text" in s.outputs,
     "completions": lambda s: _has(s, "prompt", "text") and "text" in s.outputs and not _required_media(s),
     "images.generations": lambda s: _has(s, "prompt", "text") and "image" in s.outputs and not _required_media(s),
-    "images.edits": lambda s: _has(s, "image", "image") and _has(s, "prompt", "text") and "image" in s.outputs,
+    # An edit returns an image, or the layers an image splits into (qwen_image_layered).
+    "images.edits": lambda s: _has(s, "image", "image") and _has(s, "prompt", "text")
+    and ("image" in s.outputs or "layers" in s.outputs),
     "audio.speech": lambda s: _has(s, "prompt", "text") and "audio" in s.outputs and not _required_media(s),
     "videos": lambda s: _has(s, "prompt", "text") and "video" in s.outputs and not _required_media(s),
 }

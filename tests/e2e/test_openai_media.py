@@ -6,14 +6,16 @@ import base64
 import io
 import time
 
+import httpx
 import openai
 import pytest
-from PIL import Image
+from PIL import Image, ImageSequence
 
 from tests.cluster import Cluster
 from tests.conftest import ARTIFACTS
 
-STAGES = ["z_image_turbo.generate", "qwen_image_edit.edit", "stable_audio.generate", "wan2_2_t2v.generate"]
+STAGES = ["z_image_turbo.generate", "qwen_image_edit.edit", "qwen_image_layered.decompose", "stable_audio.generate",
+          "wan2_2_t2v.generate"]
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +48,30 @@ def test_images_edit(ai):
     out = ai.images.edit(model="qwen_image_edit", prompt="make it green", image=("in.png", buf.getvalue(), "image/png"))
     image = Image.open(io.BytesIO(base64.b64decode(out.data[0].b64_json)))
     assert image.format == "PNG"
+
+
+def test_images_edit_into_layers_gives_one_rgba_png_per_layer(ai):
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 24), (0, 90, 200)).save(buf, format="PNG")
+    raw = ai.images.with_raw_response.edit(model="qwen_image_layered", prompt="a blue card",
+                                           image=("in.png", buf.getvalue(), "image/png"),
+                                           extra_body={"layers": 3, "num_inference_steps": 2, "seed": 4})
+    out = raw.parse()
+    layers = [Image.open(io.BytesIO(base64.b64decode(d.b64_json))) for d in out.data]
+    assert len(layers) == 3
+    assert all(i.format == "PNG" and i.mode == "RGBA" and i.size == layers[0].size for i in layers)
+    # The same layers as the job's own output (an animated PNG, a frame per layer).
+    url = ai.images.edit(model="qwen_image_layered", prompt="a blue card", response_format="url",
+                         image=("in.png", buf.getvalue(), "image/png"),
+                         extra_body={"layers": 3, "num_inference_steps": 2, "seed": 4}).data[0].url
+    job_id = raw.headers["omnijobs-job-id"]
+    assert url.endswith("/outputs/layers") and job_id not in url  # a job of its own, same params
+    got = httpx.get(url, headers={"Authorization": f"Bearer {ai.api_key}"}, timeout=30)
+    assert got.status_code == 200 and got.headers["content-type"] == "image/png"
+    with Image.open(io.BytesIO(got.content)) as apng:
+        assert apng.n_frames == 3
+        for frame, layer in zip(ImageSequence.Iterator(apng), layers, strict=True):
+            assert frame.convert("RGBA").tobytes() == layer.tobytes()  # seeded: the same layers
 
 
 def test_audio_speech_returns_a_wav(ai):
