@@ -111,7 +111,10 @@ def reconciler(once: bool = False) -> None:
 
     _logging()
     settings = get_settings()
-    store = JobStore(make_engine(settings.database_url, pool_size=2), load_registry(settings.pipelines_path))
+    from omnijobs.streaming.chunks import where_streams_run
+
+    store = JobStore(make_engine(settings.database_url, pool_size=2),
+                     where_streams_run(settings, load_registry(settings.pipelines_path)))
     celery = make_celery(settings)
     publisher = CeleryPublisher(celery)
     chores = _reconciler_chores(settings, store.engine, celery)

@@ -120,7 +120,9 @@ def run_worker(settings: Settings, stage_refs: str | list[str], device: str = "c
     refs = [stage_refs] if isinstance(stage_refs, str) else list(dict.fromkeys(stage_refs))
     if not refs:
         raise WorkerStartError("give at least one --stage <pipeline>.<stage>")
-    registry = load_registry(settings.pipelines_path)
+    from omnijobs.streaming.chunks import where_streams_run
+
+    registry = where_streams_run(settings, load_registry(settings.pipelines_path))
     stages = [find_stage(registry, ref) for ref in refs]
     hostname = settings.worker_hostname or socket.gethostname()
     app = make_celery(settings)

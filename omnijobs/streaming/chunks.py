@@ -12,8 +12,10 @@ their dtype and shape; a chunk larger than `MAX_INLINE` is refused (such edges w
 artifact connector). Streams expire `ttl_s` after their first write, and soon (`ended_ttl_s`) after
 their reader is done, so nothing grows without bound.
 
-Without Redis (dev mode's file-system broker) there is no transport: upstream engines publish
-nothing, and a downstream run whose streamed input is not recorded yet fails with a message saying so.
+Without Redis (dev mode's file-system broker) there is no transport: workers and the reconciler
+load the pipelines with their streamed edges made plain (`where_streams_run`), so the downstream
+stage waits for the upstream's recorded output as before; an engine that still gets a streamed
+input without a transport fails with a message saying so.
 """
 
 from __future__ import annotations
@@ -232,3 +234,19 @@ def schedule(frames: int, stream: StreamSpec) -> list[int]:
 
 def _text(v) -> str:
     return v.decode() if isinstance(v, bytes) else v
+
+
+def where_streams_run(settings, registry):
+    """The registry as this deployment runs it: without Redis there is no chunk transport, so every
+    streamed edge falls back to a plain one (the downstream stage waits for the recorded output).
+
+    Every process that decides when a stage is ready (workers, reconciler) loads it this way, so
+    they agree.
+    """
+    from omnijobs.pipelines.registry import PipelineRegistry
+
+    if ChannelConfig.from_settings(settings).redis_url is not None:
+        return registry
+    return PipelineRegistry([
+        spec.model_copy(update={"stages": {n: s.model_copy(update={"streams": {}}) for n, s in spec.stages.items()}})
+        for spec in registry.all()])
