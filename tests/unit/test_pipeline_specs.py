@@ -75,7 +75,7 @@ def test_every_pipeline_file_loads(path):
 def test_registry_holds_the_shipped_pipelines():
     registry = load_registry()
     assert {"chat", "draft_rewrite"} <= set(registry.names())
-    assert registry.get("chat").stages["generate"].batch.max_size == 8
+    assert registry.get("chat").stages["generate"].batch.max_size == 64
 
 
 def test_registry_loads_extra_folder_from_path_string():
