@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from omnijobs.engines.choice import VLLM_SERVES
 from omnijobs.pipelines import load_registry
 from omnijobs.settings import Settings
 
@@ -28,6 +29,7 @@ CPU = COMPOSE_DIR / "docker-compose.cpu.yml"
 ENV_EXAMPLE = COMPOSE_DIR / ".env.example"
 
 SECRETS = ("POSTGRES_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY")
+VLLM = ("--profile", "vllm")  # the vLLM stage workers are in this profile, off by default
 
 
 
@@ -58,8 +60,8 @@ def _compose(*args: str, env_file: Path | None = ENV_EXAMPLE, files=(BASE,)) -> 
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
 
 
-def _model(files) -> dict:
-    proc = _compose("config", "--format", "json", files=files)
+def _model(files, flags=()) -> dict:
+    proc = _compose(*flags, "config", "--format", "json", files=files)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -72,6 +74,16 @@ def base_model() -> dict:
 @pytest.fixture(scope="module")
 def cpu_model() -> dict:
     return _model((BASE, CPU))
+
+
+@pytest.fixture(scope="module")
+def vllm_model() -> dict:
+    return _model((BASE,), VLLM)
+
+
+@pytest.fixture(scope="module")
+def vllm_cpu_model() -> dict:
+    return _model((BASE, CPU), VLLM)
 
 
 def _command(service: dict) -> list[str]:
@@ -104,9 +116,10 @@ def test_compose_binary_is_the_real_one():
     assert re.search(r"Docker Compose version v2\.", proc.stdout), proc.stdout
 
 
+@pytest.mark.parametrize("flags", [(), VLLM], ids=["default", "vllm"])
 @pytest.mark.parametrize("files", [(BASE,), (BASE, CPU)], ids=["base", "base+cpu"])
-def test_config_validates(files):
-    proc = _compose("config", "-q", files=files)
+def test_config_validates(files, flags):
+    proc = _compose(*flags, "config", "-q", files=files)
     assert proc.returncode == 0, proc.stderr
 
 
@@ -174,8 +187,9 @@ def test_one_worker_service_per_shipped_stage(which, base_model, cpu_model):
         assert served[stage] == [f"stage-{pipeline}-{stage_name}"]
 
 
-def test_base_pins_every_stage_worker_to_a_gpu(base_model):
-    for name, service in base_model["services"].items():
+@pytest.mark.parametrize("which", ["default", "vllm"])
+def test_base_pins_every_stage_worker_to_a_gpu(which, base_model, vllm_model):
+    for name, service in (base_model if which == "default" else vllm_model)["services"].items():
         found = _worker_stage(service)
         if not found:
             assert not _gpu_devices(service), f"{name} reserves a GPU but is no stage worker"
@@ -189,17 +203,18 @@ def test_base_pins_every_stage_worker_to_a_gpu(base_model):
         assert service["environment"]["OMNIJOBS_MODELS_DIR"] == "/models"
 
 
-def test_cpu_override_drops_gpus(cpu_model):
-    for name, service in cpu_model["services"].items():
+@pytest.mark.parametrize("which", ["default", "vllm"])
+def test_cpu_override_drops_gpus(which, cpu_model, vllm_cpu_model):
+    for name, service in (cpu_model if which == "default" else vllm_cpu_model)["services"].items():
         assert not _gpu_devices(service), f"{name} still reserves a GPU in the CPU override"
         found = _worker_stage(service)
         if found:
             assert found[1] == "cpu", f"{name}: --device {found[1]}"
 
 
-@pytest.mark.parametrize("which", ["base", "cpu"])
-def test_environment_names_are_settings_the_code_reads(which, base_model, cpu_model):
-    model = base_model if which == "base" else cpu_model
+@pytest.mark.parametrize("which", ["base", "cpu", "vllm", "vllm-cpu"])
+def test_environment_names_are_settings_the_code_reads(which, base_model, cpu_model, vllm_model, vllm_cpu_model):
+    model = {"base": base_model, "cpu": cpu_model, "vllm": vllm_model, "vllm-cpu": vllm_cpu_model}[which]
     known = {f"OMNIJOBS_{field.upper()}" for field in Settings.model_fields}
     used = {
         key
@@ -244,3 +259,58 @@ def test_wiring(base_model):
             assert deps["migrate"]["condition"] == "service_completed_successfully", name
             assert deps["models"]["condition"] == "service_completed_successfully", name
             assert deps["redis"]["condition"] == "service_healthy", name
+
+
+def _vllm_hostable_stages() -> set[str]:
+    """The shipped stages a vLLM worker hosts on vLLM (the others stay on their own kind)."""
+    return {f"{spec.name}.{stage.name}" for spec in load_registry().all() for stage in spec.stages.values()
+            if stage.engine in VLLM_SERVES and stage.options.get("engine_choice") != "fixed"}
+
+
+def test_no_vllm_service_without_its_profile(base_model, cpu_model):
+    for model in (base_model, cpu_model):
+        assert not [n for n in model["services"] if n.endswith("-vllm")]
+
+
+@pytest.mark.parametrize("which", ["base", "cpu"])
+def test_a_vllm_worker_service_per_stage_vllm_hosts(which, base_model, cpu_model, vllm_model, vllm_cpu_model):
+    model, default = (vllm_model, base_model) if which == "base" else (vllm_cpu_model, cpu_model)
+    vllm = {n: s for n, s in model["services"].items() if n.endswith("-vllm")}
+    served = {_worker_stage(s)[0]: n for n, s in vllm.items()}
+    assert set(served) == _vllm_hostable_stages() and len(served) == len(vllm)
+    # Everything but these services is as without the profile.
+    assert set(model["services"]) - set(vllm) == set(default["services"])
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    for stage, name in served.items():
+        service = vllm[name]
+        pipeline, stage_name = stage.split(".", 1)
+        twin = default["services"][f"stage-{pipeline}-{stage_name}"]
+        assert name == f"stage-{pipeline}-{stage_name}-vllm" and service["profiles"] == ["vllm"]
+        assert service["build"]["dockerfile"] == "compose/Dockerfile.vllm"
+        assert service["image"] != twin["image"], "the vLLM worker needs its own image"
+        extra = service["build"]["args"]["VLLM_EXTRA"]
+        assert extra == ("vllm" if which == "base" else "vllm-cpu")
+        assert re.search(rf'^{re.escape(extra)} = \[', pyproject, re.M), f"no extra [{extra}] in pyproject.toml"
+        assert service["environment"]["OMNIJOBS_AR_ENGINE"] == "vllm"
+        assert _worker_stage(service)[1] == _worker_stage(twin)[1]
+        assert _gpu_devices(service) == _gpu_devices(twin)  # the same GPU as the stage's transformers service
+        assert service["depends_on"] == twin["depends_on"] and service["volumes"] == twin["volumes"]
+        if which == "cpu":
+            assert service["build"]["args"]["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+
+
+def _pins(path: Path) -> dict[str, str]:
+    return dict(ln.split("==", 1) for ln in path.read_text().splitlines() if "==" in ln and not ln.startswith("#"))
+
+
+def test_vllm_image_is_pinned_as_the_tested_environment():
+    dockerfile = (COMPOSE_DIR / "Dockerfile.vllm").read_text()
+    assert "COPY compose/constraints-vllm.txt /tmp/constraints.txt" in dockerfile
+    assert '".[s3,${VLLM_EXTRA}]"' in dockerfile and "-c /tmp/constraints.txt" in dockerfile
+    image, tested = _pins(COMPOSE_DIR / "constraints-vllm.txt"), _pins(ROOT / "tests" / "constraints-vllm.txt")
+    assert tested.items() <= image.items(), (image, tested)
+    assert image["vllm"] == image["vllm-cpu"] and image["torch"] == _pins(COMPOSE_DIR / "constraints.txt")["torch"]
+    # The CPU build runs the torchvision fix from tests/: the image's ignore file lets it in.
+    ignore = (COMPOSE_DIR / "Dockerfile.vllm.dockerignore").read_text().splitlines()
+    assert "python tests/vllm_torchvision.py" in dockerfile and "!tests/vllm_torchvision.py" in ignore
+    assert ignore.index("!tests/vllm_torchvision.py") > ignore.index("tests")
