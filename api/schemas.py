@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from omnijobs.artifacts.refs import is_ref
-from omnijobs.store.records import JobView, RunView
+from omnijobs.store.records import JobSummary, JobView, RunSummary, RunView
 
 
 class JobCreate(BaseModel):
@@ -85,9 +85,37 @@ class JobPublic(BaseModel):
     urls: JobUrls
 
 
+class StageSummaryPublic(BaseModel):
+    name: str
+    status: str
+    attempt: int
+    max_attempts: int
+    errors: list[dict[str, Any]] = Field(description="failed attempts; long messages end in a truncation marker")
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobSummaryPublic(BaseModel):
+    """A job in a list. Its inputs, params and outputs are not listed: read them at `urls.get`."""
+
+    id: str
+    pipeline: str
+    status: str
+    priority: int
+    metadata: dict[str, Any]
+    error: dict[str, Any] | None = Field(description="long messages end in a truncation marker")
+    stages: list[StageSummaryPublic]
+    progress: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    urls: JobUrls
+
+
 class JobList(BaseModel):
-    data: list[JobPublic]
-    next_cursor: str | None
+    data: list[JobSummaryPublic]
+    next_cursor: str | None = Field(description="set when there are more jobs; a page may end early to stay "
+                                                "within its byte budget")
 
 
 def _public_values(values: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -146,3 +174,50 @@ def job_public(job: JobView, base_url: str) -> JobPublic:
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
         urls=JobUrls(get=url, cancel=f"{url}/cancel", events=f"{url}/events"),
     )
+
+
+# A list page stops early (with a cursor) once its items pass this many bytes of JSON, so a page of
+# 100 jobs stays small whatever their metadata and errors hold.
+LIST_PAGE_MAX_BYTES = 1024 * 1024
+# Strings in a listed error longer than this are cut, with TRUNCATED at the end.
+LIST_TEXT_MAX_CHARS = 2048
+TRUNCATED = "… [truncated: the job's own URL has it whole]"
+
+
+def clip(value: Any, limit: int = LIST_TEXT_MAX_CHARS) -> Any:
+    """`value` with every string longer than `limit` cut and marked (lists show errors, not essays)."""
+    if isinstance(value, str):
+        return value if len(value) <= limit else value[:limit] + TRUNCATED
+    if isinstance(value, dict):
+        return {k: clip(v, limit) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clip(v, limit) for v in value]
+    return value
+
+
+def _stage_summary(r: RunSummary) -> StageSummaryPublic:
+    return StageSummaryPublic(name=r.stage, status=r.status, attempt=r.attempt, max_attempts=r.max_attempts,
+                              errors=clip(r.errors or []), started_at=r.started_at, finished_at=r.finished_at)
+
+
+def job_summary(job: JobSummary, base_url: str) -> JobSummaryPublic:
+    done = sum(1 for s in job.stages if s.status in ("succeeded", "skipped"))
+    total = len(job.stages)
+    url = f"{base_url}/v1/jobs/{job.id}"
+    return JobSummaryPublic(
+        id=str(job.id), pipeline=job.pipeline, status=job.status, priority=job.priority, metadata=job.metadata,
+        error=clip(job.error), stages=[_stage_summary(r) for r in job.stages],
+        progress={"stages_done": done, "stages_total": total, "fraction": round(done / total, 4) if total else 0.0},
+        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+        urls=JobUrls(get=url, cancel=f"{url}/cancel", events=f"{url}/events"),
+    )
+
+
+def within_budget(items: list[BaseModel], max_bytes: int = LIST_PAGE_MAX_BYTES) -> int:
+    """How many of `items` fit in `max_bytes` of JSON (at least one, so paging always moves on)."""
+    used = 0
+    for n, item in enumerate(items):
+        used += len(item.model_dump_json())
+        if used > max_bytes and n > 0:
+            return n
+    return len(items)

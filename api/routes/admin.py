@@ -34,7 +34,7 @@ from api.deps import (
     StoreDep,
     ValuesDep,
 )
-from api.schemas import ErrorResponse, JobPublic, job_public
+from api.schemas import ErrorResponse, JobPublic, clip, job_public, within_budget
 from omnijobs.cancel import cancel_job
 from omnijobs.pipelines.spec import NAME_PATTERN
 from omnijobs.errors import Conflict, NotFound
@@ -110,8 +110,11 @@ def failed_jobs(
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> FailedJobList:
     """Failed (dead-lettered) or canceled jobs of every key, newest first, with every attempt's error."""
-    jobs, next_cursor = store.list_jobs(status=status, pipeline=pipeline, limit=limit, cursor=cursor)
-    return FailedJobList(data=[_failed(j) for j in jobs], next_cursor=next_cursor)
+    jobs, next_cursor = store.list_summaries(status=status, pipeline=pipeline, limit=limit, cursor=cursor)
+    data = [_failed(j, clip) for j in jobs]
+    if (fit := within_budget(data)) < len(data):
+        data, next_cursor = data[:fit], store.cursor_after(jobs[fit - 1])
+    return FailedJobList(data=data, next_cursor=next_cursor)
 
 
 @router.get("/api/jobs/{job_id}", response_model=FailedJob)
@@ -156,6 +159,7 @@ def rotate_webhook_secret(key_id: str, request: Request, settings: SettingsDep) 
     return WebhookSecretRotated(id=key_id, webhook_secret=secret, previous_valid_for_s=grace)
 
 
-def _failed(job) -> FailedJob:
-    return FailedJob(id=str(job.id), pipeline=job.pipeline, status=job.status, owner=job.owner, error=job.error,
-                     created_at=job.created_at, finished_at=job.finished_at, attempts=attempts(job))
+def _failed(job, shown=lambda v: v) -> FailedJob:
+    return FailedJob(id=str(job.id), pipeline=job.pipeline, status=job.status, owner=job.owner,
+                     error=shown(job.error), created_at=job.created_at, finished_at=job.finished_at,
+                     attempts=shown(attempts(job)))

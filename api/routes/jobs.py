@@ -22,7 +22,7 @@ from api.deps import (
     StoreDep,
     ValuesDep,
 )
-from api.schemas import ErrorResponse, JobCreate, JobList, JobPublic, job_public
+from api.schemas import ErrorResponse, JobCreate, JobList, JobPublic, job_public, job_summary, within_budget
 from omnijobs.cancel import cancel_job
 from omnijobs.store.records import JobView
 from omnijobs.streaming.follow import FINAL
@@ -87,9 +87,13 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> JobList:
-    jobs, next_cursor = store.list_jobs(owner=owner_scope(principal), status=status, pipeline=pipeline, limit=limit,
-                                        cursor=cursor)
-    return JobList(data=[job_public(j, base_url) for j in jobs], next_cursor=next_cursor)
+    """Newest first, as summaries (inputs, params and outputs are at each job's `urls.get`)."""
+    jobs, next_cursor = store.list_summaries(owner=owner_scope(principal), status=status, pipeline=pipeline,
+                                             limit=limit, cursor=cursor)
+    data = [job_summary(j, base_url) for j in jobs]
+    if (fit := within_budget(data)) < len(data):
+        data, next_cursor = data[:fit], store.cursor_after(jobs[fit - 1])
+    return JobList(data=data, next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=ERRORS)

@@ -21,7 +21,7 @@ from omnijobs.messages import StageTask
 from omnijobs.pipelines import PipelineRegistry
 from omnijobs.pipelines.spec import PipelineSpec
 from omnijobs.store.db import make_sessions
-from omnijobs.store.records import ClaimedRun, JobView, RunView
+from omnijobs.store.records import ClaimedRun, JobSummary, JobView, RunSummary, RunView
 from omnijobs.store.states import FINAL_JOB, JobStatus, RunStatus
 from omnijobs.store.tables import Job, StageRun
 from omnijobs.store.webhooks import record_event
@@ -130,7 +130,51 @@ class JobStore:
         cursor: str | None = None,
     ) -> tuple[list[JobView], str | None]:
         """Newest first. The cursor is opaque to clients: (created_at, id) of the last row seen."""
-        q = select(Job)
+        q = self._list_query(select(Job), owner, status, pipeline, limit, cursor)
+        with self._sessions() as s:
+            jobs = list(s.scalars(q))
+            runs: dict[uuid.UUID, list[StageRun]] = {j.id: [] for j in jobs[:limit]}
+            for run in s.scalars(select(StageRun).where(StageRun.job_id.in_(list(runs)))):  # one query, not one per job
+                runs[run.job_id].append(run)
+            page = [self._view(s, j, runs[j.id]) for j in jobs[:limit]]
+        next_cursor = _encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
+        return page, next_cursor
+
+    def list_summaries(
+        self,
+        *,
+        owner: str | None = None,
+        status: str | None = None,
+        pipeline: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> tuple[list[JobSummary], str | None]:
+        """`list_jobs` without the values: only the columns a list shows are read, so a page of jobs
+        with megabytes of inputs or outputs each costs what a page of small ones does."""
+        q = self._list_query(select(*(getattr(Job, c) for c in _SUMMARY_JOB)), owner, status, pipeline, limit,
+                             cursor)
+        with self._sessions() as s:
+            jobs = s.execute(q).all()
+            runs: dict[uuid.UUID, list[RunSummary]] = {j.id: [] for j in jobs[:limit]}
+            run_cols = (StageRun.job_id, *(getattr(StageRun, c) for c in _SUMMARY_RUN))
+            for r in s.execute(select(*run_cols).where(StageRun.job_id.in_(list(runs)))):
+                runs[r.job_id].append(RunSummary(**{c: getattr(r, c) for c in _SUMMARY_RUN}))
+        page = []
+        for j in jobs[:limit]:
+            order = {name: i for i, name in enumerate(self.pipelines.get(j.pipeline).stages)} \
+                if j.pipeline in self.pipelines else {}
+            page.append(JobSummary(**{c: getattr(j, c) for c in _SUMMARY_JOB if c != "meta"}, metadata=j.meta,
+                                   stages=sorted(runs[j.id], key=lambda r: order.get(r.stage, 0))))
+        next_cursor = _encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
+        return page, next_cursor
+
+    @staticmethod
+    def cursor_after(job: JobView | JobSummary) -> str:
+        """The cursor of the page that starts after this job (for a caller that ends a page early)."""
+        return _encode_cursor(job)
+
+    @staticmethod
+    def _list_query(q, owner: str | None, status: str | None, pipeline: str | None, limit: int, cursor: str | None):
         if owner is not None:
             q = q.where(Job.owner == owner)
         if status:
@@ -140,15 +184,7 @@ class JobStore:
         if cursor:
             at, last_id = _decode_cursor(cursor)
             q = q.where(or_(Job.created_at < at, and_(Job.created_at == at, Job.id < last_id)))
-        q = q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
-        with self._sessions() as s:
-            jobs = list(s.scalars(q))
-            runs: dict[uuid.UUID, list[StageRun]] = {j.id: [] for j in jobs[:limit]}
-            for run in s.scalars(select(StageRun).where(StageRun.job_id.in_(list(runs)))):  # one query, not one per job
-                runs[run.job_id].append(run)
-            page = [self._view(s, j, runs[j.id]) for j in jobs[:limit]]
-        next_cursor = _encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
-        return page, next_cursor
+        return q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
 
     # ---------------------------------------------------------------- worker side
 
@@ -566,7 +602,13 @@ def _uuid(value: uuid.UUID | str) -> uuid.UUID:
         raise NotFound(f"no job '{value}'", field="id") from None
 
 
-def _encode_cursor(job: Job) -> str:
+# The columns a list reads (jobs.inputs, jobs.outputs and every run's values stay in the database).
+_SUMMARY_JOB = ("id", "pipeline", "status", "owner", "priority", "meta", "error", "created_at", "started_at",
+                "finished_at")
+_SUMMARY_RUN = ("stage", "status", "attempt", "max_attempts", "errors", "started_at", "finished_at")
+
+
+def _encode_cursor(job: Job | JobView | JobSummary) -> str:
     raw = json.dumps([job.created_at.isoformat(), str(job.id)]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 

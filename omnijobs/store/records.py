@@ -60,3 +60,33 @@ class ClaimedRun:
     max_attempts: int
     params: dict[str, Any]
     inputs: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """A stage run as a list shows it: state and timing, its failed attempts, never its values."""
+
+    stage: str
+    status: str
+    attempt: int
+    max_attempts: int
+    errors: list
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """A job as a list shows it: inputs, outputs and params stay in the row (read them with get_job)."""
+
+    id: uuid.UUID
+    pipeline: str
+    status: str
+    owner: str | None
+    priority: int
+    metadata: dict
+    error: dict | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    stages: list[RunSummary] = field(default_factory=list)
