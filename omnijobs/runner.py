@@ -131,7 +131,7 @@ class StageRunner:
         self.cancel_flags.set(set())
         started = time.monotonic()
         with _Heartbeat(self, [c.id for c in claimed]):
-            loaded, results = self._load_inputs(claimed)
+            loaded, results = self.load_inputs(claimed)
             requests = [StageRequest(str(c.id), inputs, c.params, str(c.job_id)) for c, inputs in loaded]
             if requests:
                 try:
@@ -144,13 +144,13 @@ class StageRunner:
                 results.update({c.id: r for (c, _), r in zip(loaded, ran, strict=True)})
         log.info("batch %s: %d run(s) in %.3fs", batch_id, len(claimed), time.monotonic() - started)
         engine_dead = next((r for r in results.values() if isinstance(r, EngineDead)), None)
-        succeeded, failed = self._record_batch(claimed, results)
+        succeeded, failed = self.record_batch(claimed, results)
         report.succeeded += succeeded
         report.failed += failed
         if engine_dead is not None:
             raise engine_dead
 
-    def _record_batch(self, claimed: list[ClaimedRun], results: dict) -> tuple[int, int]:
+    def record_batch(self, claimed: list[ClaimedRun], results: dict) -> tuple[int, int]:
         """Store outputs, record every success in one transaction, publish what became ready at once."""
         done, failures = [], []
         for run in claimed:
@@ -229,7 +229,7 @@ class StageRunner:
                 except Exception:
                     log.exception("could not free the shared memory of job %s", job_id)
 
-    def _load_inputs(self, claimed: list[ClaimedRun]) -> tuple[list[tuple[ClaimedRun, dict]], dict]:
+    def load_inputs(self, claimed: list[ClaimedRun]) -> tuple[list[tuple[ClaimedRun, dict]], dict]:
         """Each run's inputs in engine form; a run whose inputs cannot be read fails alone."""
         loaded, failed = [], {}
         for run in claimed:

@@ -138,7 +138,7 @@ class ContinuousLoop:
         if not claimed:
             return
         self.workers.batch_started(self.worker_name, len(self.inflight) + len(claimed))
-        loaded, failed = runner._load_inputs(claimed)
+        loaded, failed = runner.load_inputs(claimed)
         deadline = time.monotonic() + self.stage.timeout_s
         for claim in claimed:
             self.inflight[str(claim.id)] = _InFlight(claim, by_id[str(claim.id)], deadline)
@@ -198,7 +198,7 @@ class ContinuousLoop:
         finished = [self.inflight.pop(run_id) for run_id, _ in ended]
         claims = [f.claim for f in finished]
         results = {f.claim.id: result for f, (_, result) in zip(finished, ended, strict=True)}
-        succeeded, failed = self.runner._record_batch(claims, results)
+        succeeded, failed = self.runner.record_batch(claims, results)
         for f in finished:
             f.delivery.message.ack()
         self.workers.batch_done(self.worker_name, succeeded, failed, len(claims))
