@@ -27,9 +27,6 @@ OUTPUT_RATE = 24000
 # Frames of left context a window is decoded with: enough for the decoder's receptive field
 # (measured on the tiny model: the window's samples equal the whole decode's to 6e-8).
 LEFT_CONTEXT = 25
-# Rows per decoder call: the decoder is compute-bound, and more rows per call made each row
-# slower on CPU (measured with loadtest/stage_throughput.py), so a large batch decodes in parts.
-DECODE_ROWS = 4
 
 
 class Qwen3OmniThinkerEngine(MultimodalLMEngine):
