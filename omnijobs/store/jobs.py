@@ -206,14 +206,19 @@ class JobStore:
         if not wanted:
             return [], []
         with self._sessions.begin() as s:
-            lockable = (
-                select(StageRun.id)
-                .where(tuple_(StageRun.id, StageRun.attempt).in_(wanted), StageRun.status == RunStatus.QUEUED)
-                .with_for_update(skip_locked=True)
-            )
+            # NOTE: the jobs' rows are locked first, in id order, as every other writer of a job's
+            # runs does (complete, fail, cancel, release): claims then never deadlock with them, and
+            # a run being changed elsewhere is waited for, never skipped (a skipped run's message
+            # would be acknowledged and its run left for the reconciler).
+            matching = tuple_(StageRun.id, StageRun.attempt).in_(wanted)
+            job_ids = list(s.scalars(
+                select(Job.id).where(Job.id.in_(select(StageRun.job_id).where(matching, StageRun.status == RunStatus.QUEUED)))
+                .order_by(Job.id).with_for_update()))
+            if not job_ids:
+                return [], []
             rows = s.execute(
                 update(StageRun)
-                .where(StageRun.id.in_(lockable), StageRun.status == RunStatus.QUEUED)
+                .where(matching, StageRun.status == RunStatus.QUEUED)
                 .values(status=RunStatus.RUNNING, attempt=StageRun.attempt + 1, worker=worker,
                         batch_id=batch_id, batch_size=len(wanted), started_at=now, updated_at=now,
                         lease_until=now + timedelta(seconds=lease_s))
