@@ -1,4 +1,9 @@
-"""Reading the one file of a multipart upload as it streams in, refusing it once it passes the limit."""
+"""Reading the one file of a multipart upload as it streams in, refusing it once it passes the limit.
+
+The parser runs on the event loop, so the work per body is bounded instead: a few parts, short
+headers. A body of thousands of tiny parts (or one endless header) is refused after a few of them,
+not parsed to its end.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,11 @@ from omnijobs.errors import InvalidInput, TooLarge
 FIELD = "file"
 # Room for part headers and small extra form fields around the file itself.
 OVERHEAD_BYTES = 64 * 1024
+# The file and a few small fields clients send beside it (e.g. `purpose`).
+MAX_PARTS = 16
+# Per part, all header names and values together: a content-disposition and a content-type fit easily.
+MAX_HEADER_BYTES = 8 * 1024
+FEED_BYTES = 16 * 1024
 
 
 @dataclass
@@ -25,19 +35,33 @@ class _Parts:
     filename: str | None = None
     data: bytearray = field(default_factory=bytearray)
     error: Exception | None = None
+    parts: int = 0
+    header_bytes: int = 0
 
     def callbacks(self) -> dict:
         return {
             "on_part_begin": self._part_begin,
-            "on_header_field": lambda b, s, e: setattr(self, "header_field", self.header_field + b[s:e]),
-            "on_header_value": lambda b, s, e: setattr(self, "header_value", self.header_value + b[s:e]),
+            "on_header_field": lambda b, s, e: self._header_bytes("header_field", b[s:e]),
+            "on_header_value": lambda b, s, e: self._header_bytes("header_value", b[s:e]),
             "on_header_end": self._header_end,
             "on_headers_finished": self._headers_finished,
             "on_part_data": self._part_data,
         }
 
     def _part_begin(self) -> None:
-        self.headers, self.in_file = {}, False
+        self.headers, self.in_file, self.header_bytes = {}, False, 0
+        self.parts += 1
+        if self.parts > MAX_PARTS and self.error is None:
+            self.error = InvalidInput(f"the upload has more than {MAX_PARTS} parts; send the file in one field "
+                                      f"named '{FIELD}'", field=FIELD)
+
+    def _header_bytes(self, name: str, piece: bytes) -> None:
+        self.header_bytes += len(piece)
+        if self.header_bytes > MAX_HEADER_BYTES:
+            if self.error is None:
+                self.error = InvalidInput(f"a part's headers exceed {MAX_HEADER_BYTES} bytes", field=FIELD)
+            return
+        setattr(self, name, getattr(self, name) + piece)
 
     def _header_end(self) -> None:
         self.headers[self.header_field.lower()] = self.header_value
@@ -81,9 +105,10 @@ async def read_upload(request: Request, limit: int) -> tuple[bytes, str | None]:
         seen += len(chunk)
         if seen > limit + OVERHEAD_BYTES:
             raise _too_large(limit)
-        _feed(parser, chunk)
-        if parts.error is not None:
-            raise parts.error
+        for at in range(0, len(chunk), FEED_BYTES):  # slices, so a refusal comes after little work
+            _feed(parser, chunk[at:at + FEED_BYTES])
+            if parts.error is not None:
+                raise parts.error
     _feed(parser, None)
     if not parts.found:
         raise InvalidInput(f"no form field named '{FIELD}' in the upload", field=FIELD)
