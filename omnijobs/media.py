@@ -32,6 +32,13 @@ _BMFF_NOT_VIDEO = {
 }
 
 
+# Top-level boxes walked in an MP4 before it is refused: a plain file has a handful, a fragmented one
+# two per fragment; a file made of a million empty boxes would otherwise cost seconds of CPU.
+MP4_MAX_BOXES = 10_000
+# Elements in a WebM's EBML header (a real one has about seven).
+EBML_HEADER_MAX_ELEMENTS = 64
+
+
 @dataclass(frozen=True)
 class Checked:
     kind: str
@@ -166,7 +173,7 @@ def _check_wav(data: bytes, field: str | None) -> None:
 
 def _check_mp4(data: bytes, field: str | None) -> None:
     """Walk the top-level boxes: each must fit in the file, and a movie header (moov) must exist."""
-    pos, seen = 0, set()
+    pos, seen, count = 0, set(), 0
     while pos < len(data):
         if len(data) - pos < 8:
             raise InvalidInput("MP4 is truncated inside a box header", field=field)
@@ -185,6 +192,9 @@ def _check_mp4(data: bytes, field: str | None) -> None:
             raise InvalidInput(f"MP4 is truncated: box '{box.decode('latin-1')}' runs past the end", field=field)
         seen.add(box)
         pos += size
+        count += 1
+        if count >= MP4_MAX_BOXES and pos < len(data):
+            raise InvalidInput(f"MP4 has more than {MP4_MAX_BOXES} top-level boxes; a video has a few", field=field)
     if b"moov" not in seen:
         raise InvalidInput("MP4 has no movie header (moov box)", field=field)
 
@@ -210,8 +220,11 @@ def _check_webm(data: bytes, field: str | None) -> None:
         end = pos + size
         if end > len(data):
             raise ValueError("truncated EBML header")
-        doctype = None
+        doctype, elements = None, 0
         while pos < end:
+            elements += 1
+            if elements > EBML_HEADER_MAX_ELEMENTS:
+                raise ValueError(f"EBML header has more than {EBML_HEADER_MAX_ELEMENTS} elements")
             element, pos, _ = _vint(data, pos, keep_marker=True)
             length, pos, _ = _vint(data, pos, keep_marker=False)
             if element == 0x4282:

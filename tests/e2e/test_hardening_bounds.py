@@ -161,3 +161,18 @@ def test_hostile_multipart_bodies_are_refused_cheaply(cluster, parts):
         # well under one (the bound is loose: it counts the request's whole handling).
         assert _cpu_s(pid) - before < 1.5
         assert http.get("/healthz").status_code == 200
+
+
+def test_an_uploaded_mp4_of_a_million_boxes_is_a_clear_422(cluster):
+    from tests import media_samples as samples
+
+    flood = samples.mp4() + b"\x00\x00\x00\x08free" * 1_000_000  # 8 MB
+    pid = cluster.procs["api"].pid
+    before = _cpu_s(pid)
+    with cluster.client(timeout=120) as http:
+        resp = http.post("/v1/files", files={"file": ("flood.mp4", flood, "video/mp4")})
+        assert resp.status_code == 422, resp.text[:500]
+        error = resp.json()["error"]
+        assert error["field"] == "file" and "top-level boxes" in error["message"], error
+    # Walking a million boxes cost 2-6 s of CPU; the bound stops after ten thousand.
+    assert _cpu_s(pid) - before < 1.5

@@ -70,3 +70,26 @@ def test_sniff_names_unsupported_formats():
     assert sniff(b"OggS\x00\x02") == ("audio", "audio/ogg")
     assert sniff(b"ID3\x03\x00") == ("audio", "audio/mpeg")
     assert sniff(b"plain text") is None
+
+
+def test_an_mp4_of_a_million_boxes_is_refused_after_the_box_limit():
+    # 8 MB of empty 8-byte boxes after a real file: walking them all cost seconds of CPU.
+    flood = samples.mp4() + b"\x00\x00\x00\x08free" * 1_000_000
+    with pytest.raises(InvalidInput, match="more than 10000 top-level boxes") as err:
+        validate(flood, expect="video", max_pixels=LIMIT, field="file")
+    assert err.value.field == "file" and err.value.status == 422
+
+
+def test_an_mp4_with_many_fragments_is_still_a_video():
+    fragmented = samples.mp4() + b"\x00\x00\x00\x08free" * 4000
+    assert validate(fragmented, expect="video", max_pixels=LIMIT).content_type == "video/mp4"
+
+
+def test_a_webm_header_of_endless_elements_is_refused():
+    good = samples.webm()
+    # An EBML header of 100k empty Void elements (0xEC, size 0) in place of the real one's.
+    body = b"\xec\x80" * 100_000
+    size = len(body)
+    flood = b"\x1a\x45\xdf\xa3" + b"\x01" + size.to_bytes(7, "big") + body + good[good.index(b"\x18\x53\x80\x67"):]
+    with pytest.raises(InvalidInput, match="more than 64 elements"):
+        validate(flood, expect="video", max_pixels=LIMIT, field="file")
