@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from omnijobs import metrics
 from omnijobs.artifacts.refs import is_ref, refs_in
 from omnijobs.artifacts.values import StageValues
 from omnijobs.cleanup import clean_finished_jobs
@@ -142,11 +143,13 @@ class StageRunner:
                     log.exception("batch %s of %s failed", batch_id, self.stage.name)
                     ran = [exc] * len(requests)
                 results.update({c.id: r for (c, _), r in zip(loaded, ran, strict=True)})
-        log.info("batch %s: %d run(s) in %.3fs", batch_id, len(claimed), time.monotonic() - started)
+        run_s = time.monotonic() - started
+        log.info("batch %s: %d run(s) in %.3fs", batch_id, len(claimed), run_s)
         engine_dead = next((r for r in results.values() if isinstance(r, EngineDead)), None)
         succeeded, failed = self.record_batch(claimed, results)
         report.succeeded += succeeded
         report.failed += failed
+        self.measure(claimed, results, run_s, succeeded, failed)
         if engine_dead is not None:
             raise engine_dead
 
@@ -197,6 +200,19 @@ class StageRunner:
         ended = {str(j) for j in record.finished}
         self._nudge({str(run.job_id): "ended" if str(run.job_id) in ended else "changed" for run in claimed}, ended)
         return len(record.recorded), len(claimed) - len(record.recorded)
+
+    def measure(self, claimed: list[ClaimedRun], results: dict, run_s: float, succeeded: int, failed: int) -> None:
+        """The batch in the Prometheus counters (a worker's own; shared by a host's processes)."""
+        tokens = steps = 0
+        for run in claimed:
+            result = results.get(run.id)
+            if isinstance(result, dict):
+                usage = result.get("usage")
+                tokens += int(usage.get("completion_tokens") or 0) if isinstance(usage, dict) else 0
+                steps += int(run.params.get("num_inference_steps") or 0)
+        metrics.record_batch(f"{self.spec.name}.{self.stage.name}", batch_size=len(claimed), run_s=run_s,
+                             queue_waits_s=[r.queued_s for r in claimed if r.queued_s is not None],
+                             succeeded=succeeded, failed=failed, tokens=tokens, steps=steps)
 
     def _nudge(self, changes: dict[str, str], ended: set[str] | None = None) -> None:
         if self.events is not None:

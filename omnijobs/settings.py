@@ -102,6 +102,9 @@ class Settings(BaseSettings):
 
     # Stage worker registry: a worker silent for longer than worker_dead_after_s is shown dead.
     worker_heartbeat_s: float = 5.0
+    # Send Celery task events for stage tasks (Flower's Tasks page counts them): three broker
+    # messages per run, so off unless an operator watches with Flower (compose turns it on).
+    task_events: bool = False
     worker_dead_after_s: float = 20.0
     # A rotated webhook secret keeps signing-verification valid this long.
     webhook_secret_grace_s: float = 24 * 3600

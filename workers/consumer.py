@@ -50,7 +50,7 @@ class BatchConsumer:
     def __init__(self, app: Celery, queue: str, max_size: int, max_wait_ms: float,
                  handle: Callable[[list[Delivery]], None], stop: threading.Event, *,
                  idle_poll_backoff: bool = False, on_ready: Callable[[], None] | None = None,
-                 on_idle: Callable[[], None] | None = None):
+                 on_idle: Callable[[], None] | None = None, task_events=None):
         self.app = app
         self.queue_name = queue
         self.max_size = max(1, max_size)
@@ -61,6 +61,8 @@ class BatchConsumer:
         self.idle_poll_backoff = idle_poll_backoff
         self.on_ready = on_ready
         self.on_idle = on_idle or (lambda: None)
+        # workers.task_events.TaskEvents, or None: what Flower sees of each batch.
+        self.task_events = task_events
         self._buffer: list = []
         # Messages held until their ETA (retry backoff): (due, seq, body, message), unacknowledged.
         self._delayed: list = []
@@ -158,9 +160,12 @@ class BatchConsumer:
             message.ack()
         if not deliveries:
             return
+        ids = self._announce(deliveries)
         try:
             self.handle(deliveries)
         except ClaimUnavailable as exc:
+            if ids:
+                self.task_events.failed(ids, repr(exc))
             self._requeue_backoff_s = min(max(self._requeue_backoff_s * 2, 0.5), 10.0)
             log.warning("could not claim a batch of %s (%s); requeued, retrying in %.1fs",
                         self.queue_name, exc, self._requeue_backoff_s)
@@ -173,6 +178,19 @@ class BatchConsumer:
         self._requeue_backoff_s = 0.0
         for d in deliveries:
             d.message.ack()
+        if ids:
+            # "Succeeded" for the message: its run's own outcome is in the store.
+            self.task_events.succeeded(ids)
+
+    def _announce(self, deliveries: list[Delivery]) -> list[str]:
+        if self.task_events is None:
+            return []
+        from workers.task_events import task_id
+
+        ids = [tid for tid in (task_id(d.message) for d in deliveries) if tid]
+        self.task_events.received(ids, STAGE_TASK, self.queue_name, [[d.run_id, d.attempt] for d in deliveries])
+        self.task_events.started(ids)
+        return ids
 
 
 def _eta(message) -> float | None:

@@ -128,6 +128,7 @@ def run_worker(settings: Settings, stage_refs: str | list[str], device: str = "c
     app = make_celery(settings)
     publisher = CeleryPublisher(app)
     stop = threading.Event()
+    events = _task_events(settings, app, f"{'+'.join(refs)}@{hostname}:{os.getpid()}")
     loops = []
     for ref, (spec, stage) in zip(refs, stages, strict=True):
         worker_name = f"{ref}@{hostname}:{os.getpid()}"
@@ -136,8 +137,9 @@ def run_worker(settings: Settings, stage_refs: str | list[str], device: str = "c
         hosted = runner.engine.ctx.stage  # with the engine kind this worker chose
         workers, beat = register_worker(settings, worker_name, hostname, ref, queue, device, hosted)
         loop_class = ContinuousLoop if is_continuous(runner.engine) else _StageLoop
+        extra = {"task_events": events} if loop_class is _StageLoop else {}
         loops.append(loop_class(app, ref, queue, stage, runner, workers, worker_name, beat, stop,
-                                polled=settings.broker_url.startswith("filesystem://")))
+                                polled=settings.broker_url.startswith("filesystem://"), **extra))
         log.info("worker %s: engine %s loaded on %s, consuming %s", worker_name, hosted.engine, device, queue)
     _stop_on_signals(stop)
     threads = [threading.Thread(target=loop.run, name=f"stage-{loop.ref}") for loop in loops]
@@ -151,18 +153,32 @@ def run_worker(settings: Settings, stage_refs: str | list[str], device: str = "c
         stop.set()
         for loop in loops:
             loop.close()
+        if events is not None:
+            events.offline()
+            events.close()
+
+
+def _task_events(settings: Settings, app, hostname: str):
+    """Celery task events for Flower, when asked for (OMNIJOBS_TASK_EVENTS)."""
+    if not settings.task_events:
+        return None
+    from workers.task_events import TaskEvents
+
+    events = TaskEvents(app, hostname=hostname)
+    events.online()
+    return events
 
 
 class _StageLoop:
     """One stage's consumer: batches from its queue to its runner, and the operator counters."""
 
-    def __init__(self, app, ref, queue, stage, runner, workers, worker_name, beat, stop, polled: bool):
+    def __init__(self, app, ref, queue, stage, runner, workers, worker_name, beat, stop, polled: bool,
+                 task_events=None):
         from workers.consumer import BatchConsumer
 
         self.ref, self.runner, self.workers, self.worker_name, self.beat = ref, runner, workers, worker_name, beat
         self.consumer = BatchConsumer(app, queue, stage.batch.max_size, stage.batch.max_wait_ms, self.handle, stop,
-                                      idle_poll_backoff=polled, on_ready=self._ready)
-        self._ready_lock = threading.Lock()
+                                      idle_poll_backoff=polled, on_ready=self._ready, task_events=task_events)
 
     def _ready(self) -> None:
         # Test fixtures and operators wait for this line.

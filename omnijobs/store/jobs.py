@@ -223,7 +223,7 @@ class JobStore:
                         batch_id=batch_id, batch_size=len(wanted), started_at=now, updated_at=now,
                         lease_until=now + timedelta(seconds=lease_s))
                 .returning(StageRun.id, StageRun.job_id, StageRun.stage, StageRun.attempt, StageRun.max_attempts,
-                           StageRun.params)
+                           StageRun.params, StageRun.enqueued_at)
                 .execution_options(synchronize_session=False)
             ).all()
             if not rows:
@@ -251,7 +251,9 @@ class JobStore:
                 spec = self.pipelines.get(job.pipeline)
                 inputs = orchestrator.resolve_inputs(spec, r.stage, job.inputs, upstream.get(r.job_id, {}))
                 stored_inputs.append({"b_id": r.id, "b_inputs": inputs})
-                result.append(ClaimedRun(r.id, r.job_id, r.stage, r.attempt, r.max_attempts, dict(r.params), inputs))
+                queued_s = (now - r.enqueued_at).total_seconds() if r.enqueued_at else None
+                result.append(ClaimedRun(r.id, r.job_id, r.stage, r.attempt, r.max_attempts, dict(r.params), inputs,
+                                         queued_s))
             s.connection().execute(
                 update(StageRun.__table__).where(StageRun.__table__.c.id == bindparam("b_id"))
                 .values(inputs=bindparam("b_inputs")),

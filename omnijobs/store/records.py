@@ -60,6 +60,8 @@ class ClaimedRun:
     max_attempts: int
     params: dict[str, Any]
     inputs: dict[str, Any]
+    # Seconds from its publish to this claim (None when it was never marked published).
+    queued_s: float | None = None
 
 
 @dataclass(frozen=True)

@@ -132,3 +132,32 @@ def test_flower_counts_stage_tasks_from_their_events(flower):
         assert "model rejected" in tasks[bad]["exception"]
     finally:
         events.close()
+
+
+def test_flower_counts_the_runs_a_real_worker_takes(flower):
+    """A stage worker with OMNIJOBS_TASK_EVENTS (as compose runs them) announces each message it takes."""
+    from tests.cluster import Cluster, wait_job
+    from tests.conftest import ARTIFACTS
+
+    # flowerq's queue is this module's alone: no other test cluster's worker can take its messages.
+    env = {k: v for k, v in flower["env"].items() if k.startswith("OMNIJOBS_")}
+    cluster = Cluster({**env, "OMNIJOBS_TASK_EVENTS": "true"}, ARTIFACTS / "e2e-flower-worker-logs")
+    try:
+        cluster.wait_workers_ready([cluster.start_worker("flowerq.wait")])
+        cluster.start_api()
+        with cluster.client() as http:
+            job = wait_job(http, http.post("/v1/jobs", json={"pipeline": "flowerq", "inputs": {"prompt": "fl"}})
+                           .json()["id"], timeout=60)
+        assert job["status"] == "succeeded"
+        run_id = job["stages"][0]["id"]
+        deadline = time.monotonic() + 30
+        while True:
+            tasks = httpx.get(f"{flower['url']}/api/tasks", timeout=10).json()
+            mine = [t for t in tasks.values() if run_id in str(t.get("args"))]
+            if mine and mine[0].get("state") == "SUCCESS":
+                break
+            assert time.monotonic() < deadline, (mine, flower["log"].read_text()[-2000:])
+            time.sleep(0.3)
+        assert mine[0]["name"] == "omnijobs.run_stage" and "flowerq.wait@" in mine[0]["worker"]
+    finally:
+        cluster.stop()
