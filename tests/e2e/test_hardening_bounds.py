@@ -176,3 +176,50 @@ def test_an_uploaded_mp4_of_a_million_boxes_is_a_clear_422(cluster):
         assert error["field"] == "file" and "top-level boxes" in error["message"], error
     # Walking a million boxes cost 2-6 s of CPU; the bound stops after ten thousand.
     assert _cpu_s(pid) - before < 1.5
+
+
+# ------------------------------------------------------------------ a full artifact disk
+
+
+@pytest.fixture()
+def full_disk(tmp_path):
+    """A 1 MiB tmpfs as the artifacts folder (the tests run as root; a failed mount fails the test)."""
+    import subprocess
+
+    folder = tmp_path / "artifacts"
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_an_upload_to_a_full_artifact_disk_is_507_and_leaves_nothing(settings_env, tmp_path, full_disk):
+    from sqlalchemy import create_engine, func, select
+
+    from omnijobs.store.tables import InputFile
+    from tests import media_samples as samples
+    from tests.cluster import isolated_cluster
+    from tests.conftest import ARTIFACTS
+
+    pipelines = tmp_path / "pipelines"
+    pipelines.mkdir()
+    with isolated_cluster(settings_env, ARTIFACTS / "e2e-logs" / "full-disk", {}, pipelines,
+                          OMNIJOBS_ARTIFACTS_DIR=str(full_disk)) as c, c.client(timeout=60) as http:
+        big = samples.wav(800_000)  # 1.6 MB of audio: more than the disk holds
+        resp = http.post("/v1/files", files={"file": ("big.wav", big, "audio/wav")})
+        assert resp.status_code == 507, resp.text[:500]
+        assert resp.json()["error"]["code"] == "insufficient_storage"
+        assert "storage is full" in resp.json()["error"]["message"]
+        assert resp.headers["Retry-After"]
+        # Nothing half-written: no partial file on the disk, no row naming one.
+        assert [p for p in full_disk.rglob("*") if p.is_file()] == []
+        engine = create_engine(c.env["OMNIJOBS_DATABASE_URL"])
+        with engine.connect() as conn:
+            assert conn.scalar(select(func.count()).select_from(InputFile)) == 0
+        engine.dispose()
+        # The disk has room again for what fits: the refusal left nothing holding space.
+        small = http.post("/v1/files", files={"file": ("small.wav", samples.wav(16_000), "audio/wav")})
+        assert small.status_code == 201, small.text[:500]
+        assert http.get("/healthz").status_code == 200
