@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from omnijobs.store.keys import KeyInfo
 from omnijobs.store.workers import WorkerView
@@ -127,7 +127,15 @@ class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=128, pattern=r"\S")
-    admin: bool = False
+    admin: StrictBool = False  # who becomes an admin is said with true, never with 1 or "yes"
+
+    @field_validator("name")
+    @classmethod
+    def _storable(cls, name: str) -> str:
+        # Postgres text holds neither NUL nor lone surrogates: refuse them here, not with a 500.
+        if "\x00" in name or any(0xD800 <= ord(c) <= 0xDFFF for c in name):
+            raise ValueError("name may not contain NUL (\\u0000) characters or lone UTF-16 surrogates")
+        return name
 
 
 class KeyPublic(BaseModel):
