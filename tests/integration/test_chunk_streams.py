@@ -105,7 +105,11 @@ def test_talker_streams_into_code2wav_which_decodes_jobs_together(config, spec, 
         assert not isinstance(out, BaseException), out
         events = [decode(f) for _, f in client.xrange(channel_key(job))]
         audio = [d for kind, d in events if kind == "audio"]
-        assert len(audio) >= 2 and audio[0]["offset"] == 0 and audio[-1]["final"]
+        # The talker sent its codes in several chunks; how many decode rounds they took depends on how
+        # far the talker ran ahead (a round decodes every chunk pending), so only the first and last
+        # event are fixed.
+        assert client.xlen(edge_key(job, "talker", "codes")) >= 2
+        assert audio and audio[0]["offset"] == 0 and audio[-1]["final"]
         joined = b"".join(base64.b64decode(d["audio"]) for d in audio)
         stored = _pcm(out["audio"].data)
         assert joined == stored.tobytes()  # the chunks are the stored WAV
