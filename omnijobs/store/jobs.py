@@ -198,8 +198,7 @@ class JobStore:
         the tasks of stages that start beside them (fed by a stream from a stage claimed here).
 
         A duplicate or stale message matches no row and is dropped: that is what makes a
-        delivery run at most once per attempt. The whole batch is claimed in one statement; rows
-        another worker is claiming at the same moment are skipped, not waited for.
+        delivery run at most once per attempt. The whole batch is claimed in one statement.
         """
         now = utcnow()
         wanted = sorted({(_uuid(rid), attempt) for rid, attempt in tasks})
@@ -268,7 +267,7 @@ class JobStore:
         tasks = []
         for job in {j.id: j for j in jobs}.values():
             spec = self.pipelines.get(job.pipeline)
-            self._lock_job(s, job.id)  # decisions about one job are serialised on its row
+            # The claim above holds the job's row: decisions about one job stay serialised on it.
             runs = {r.stage: r for r in s.scalars(select(StageRun).where(StageRun.job_id == job.id))}
             for name in orchestrator.newly_ready(spec, {n: RunStatus(r.status) for n, r in runs.items()}):
                 run = runs[name]
