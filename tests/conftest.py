@@ -74,3 +74,20 @@ def store(settings):
     from omnijobs.store.jobs import JobStore
 
     return JobStore(make_engine(settings.database_url), load_registry(settings.pipelines_path))
+
+
+@pytest.fixture(scope="module")
+def private_store(settings):
+    """A JobStore on a database of the module's own (migrated, dropped after the module)."""
+    from omnijobs.pipelines import load_registry
+    from omnijobs.store.db import make_engine
+    from omnijobs.store.jobs import JobStore
+    from omnijobs.store.migrate import upgrade
+
+    admin = require_postgres()
+    url = create_database(admin)
+    upgrade(url)
+    engine = make_engine(url)
+    yield JobStore(engine, load_registry(settings.pipelines_path))
+    engine.dispose()
+    drop_database(admin, url)

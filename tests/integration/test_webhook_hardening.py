@@ -36,6 +36,12 @@ class Collect:
         self.tasks.extend(tasks)
 
 
+@pytest.fixture(scope="module")
+def store(private_store):
+    # Not the session's database: e2e clusters' reconcilers relay due deliveries there.
+    return private_store
+
+
 def make_sender(store, render=None, timeout_s=1.0, per_key=0):
     return Sender(WebhookStore(store.engine), store.get_job, render or (lambda v: {"id": str(v.id)}),
                   SecretSource([SECRET]), DeliveryPolicy((0.0, 0.0), jitter=0.0, rand=random.Random(1)),
