@@ -21,7 +21,7 @@ router = APIRouter(prefix="/v1/images", tags=["openai"], route_class=OpenAIRoute
 
 
 class ImageRequest(BaseModel):
-    # Extra diffusion params ride in the body, as vLLM-Omni takes them.
+    # Extra diffusion params ride in the body beside the OpenAI fields (num_inference_steps, seed, ...).
     model_config = ConfigDict(extra="forbid")
 
     model: str
