@@ -24,6 +24,8 @@ from pathlib import Path
 
 import psutil
 
+from loadtest.stack import cpu_s
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -39,17 +41,6 @@ def rss_mib(procs: list[psutil.Process]) -> float:
         except psutil.NoSuchProcess:
             pass
     return total / 2**20
-
-
-def cpu_s(procs: list[psutil.Process]) -> float:
-    total = 0.0
-    for p in procs:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
 
 
 def main() -> int:

@@ -43,13 +43,18 @@ def process_cpu_s(pid: int) -> float:
         procs = [proc, *proc.children(recursive=True)]
     except psutil.NoSuchProcess:
         return 0.0
+    return cpu_s(procs)
+
+
+def cpu_s(procs) -> float:
+    """User + system CPU seconds of these processes; one that has exited counts nothing."""
     total = 0.0
     for p in procs:
         try:
             t = p.cpu_times()
             total += t.user + t.system
         except psutil.NoSuchProcess:
-            pass
+            continue
     return total
 
 

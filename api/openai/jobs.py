@@ -85,14 +85,19 @@ def cancel_in_background(request: Request, job_id: str) -> None:
     threading.Thread(target=run, name=f"cancel-{job_id}", daemon=True).start()
 
 
+async def until_disconnected(request: Request) -> None:
+    """Returns once the client has gone (its connection's disconnect message)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        continue
+
+
 async def wait_job(request: Request, job: JobView) -> JobView:
     """The job once final, within `openai_wait_s`; a client that leaves meanwhile cancels it."""
     state = request.app.state
     job_id = str(job.id)
 
     async def watch() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
+        await until_disconnected(request)
         cancel_in_background(request, job_id)
 
     watcher = asyncio.create_task(watch())

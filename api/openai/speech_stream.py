@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from fastapi import Request
 
 from api.openai.errors import OpenAIError
-from api.openai.jobs import cancel_in_background, ensure_succeeded
+from api.openai.jobs import cancel_in_background, ensure_succeeded, until_disconnected
 from api.openai.media import output_file
 from omnijobs.store.records import JobView
 from omnijobs.streaming.audio_follow import AudioDiverged, AudioFollow, wav_header
@@ -77,12 +77,8 @@ async def first_then_rest(request: Request, job: JobView, body: AsyncIterator[by
 
     A client that leaves meanwhile cancels the job, as a waiting one does; so does a wait past `openai_wait_s`.
     """
-    async def gone() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
     first = asyncio.ensure_future(anext(body))
-    watcher = asyncio.ensure_future(gone())
+    watcher = asyncio.ensure_future(until_disconnected(request))
     try:
         await asyncio.wait({first, watcher}, timeout=request.app.state.settings.openai_wait_s,
                            return_when=asyncio.FIRST_COMPLETED)

@@ -14,7 +14,7 @@ import pytest
 
 from tests.cluster import Cluster, wait_job
 from tests.conftest import ARTIFACTS, FIXTURE_PIPELINES
-from tests.e2e.test_durability import RedisServer
+from tests.private_services import PrivateRedis
 from tests.services import create_database, drop_database, require_postgres
 
 
@@ -27,7 +27,7 @@ def stack(tmp_path_factory):
     upgrade(db_url)
     log_dir = ARTIFACTS / "e2e-broker-reconnect-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    broker = RedisServer(log_dir)
+    broker = PrivateRedis(log_dir / "redis.log")
     broker.start()
     tmp = tmp_path_factory.mktemp("reconnect")
     # Shipped durability settings (no short republish age): only what the test needs is set.
@@ -45,7 +45,7 @@ def stack(tmp_path_factory):
     finally:
         for name in list(c.procs):
             c.kill(name)
-        broker.kill()
+        broker.stop()
         drop_database(admin, db_url)
 
 
@@ -54,7 +54,7 @@ def test_lone_job_after_a_redis_restart_runs_without_a_republish(stack):
     with c.client() as http:
         first = http.post("/v1/jobs", json={"pipeline": "echo", "inputs": {"prompt": "before"}}).json()["id"]
         assert wait_job(http, first, timeout=30)["status"] == "succeeded"
-        broker.kill()
+        broker.stop()
         broker.start()  # same port, empty: every connection of every process was cut
         log = c.log_dir / "worker-echo.say.log"
         Cluster._wait(lambda: b"reconnecting" in log.read_bytes(), "worker noticing the restart", 30)

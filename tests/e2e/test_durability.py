@@ -21,42 +21,13 @@ import redis
 import sqlalchemy as sa
 
 from omnijobs.artifacts.shm import ShmConnector
-from tests.cluster import FINAL, REPO, Cluster, free_port
+from tests.cluster import FINAL, REPO, Cluster
 from tests.conftest import ARTIFACTS, FIXTURE_PIPELINES
+from tests.private_services import PrivateRedis
 from tests.services import create_database, drop_database, require_postgres
 
 STAGES = ("chain.a", "chain.b", "chain.c")
 FIGURES: dict[str, dict] = {}
-
-
-class RedisServer:
-    """A redis-server of this module's own, on a free port, keeping nothing on disk (like the test machine's)."""
-
-    def __init__(self, log_dir: Path):
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.log = log_dir / "redis.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                stdout=out, stderr=subprocess.STDOUT)
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start: {self.log.read_text()[-2000:]}") from None
-                time.sleep(0.05)
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +40,7 @@ def faults(tmp_path_factory):
     upgrade(db_url)
     log_dir = ARTIFACTS / "e2e-durability-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    broker = RedisServer(log_dir)
+    broker = PrivateRedis(log_dir / "redis.log")
     broker.start()
     tmp = tmp_path_factory.mktemp("durability")
     engine_log = tmp / "runs.jsonl"
@@ -92,7 +63,7 @@ def faults(tmp_path_factory):
         for name in list(c.procs):  # no warm shutdown: these processes are here to be killed anyway
             c.kill(name)
         db.dispose()
-        broker.kill()
+        broker.stop()
         drop_database(admin, db_url)
         if FIGURES:
             print("\nfault-test figures: " + json.dumps(FIGURES))
@@ -209,7 +180,7 @@ def test_broker_flushed_then_restarted_every_job_ends(faults):
     assert client.dbsize() > 0  # messages in queues or held unacknowledged by workers
     client.flushall()  # every one of them gone
     time.sleep(1.0)
-    broker.kill()  # and then the server itself
+    broker.stop()  # and then the server itself
     time.sleep(0.5)
     broker.start()  # same port, empty
     wait_final(db, ids, timeout=90)

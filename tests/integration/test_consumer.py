@@ -11,7 +11,7 @@ import pytest
 from omnijobs.messages import StageTask
 from omnijobs.settings import Settings
 from tests.conftest import ARTIFACTS
-from tests.e2e.test_durability import RedisServer
+from tests.private_services import PrivateRedis
 from workers.celery_app import make_celery
 from workers.consumer import BatchConsumer, ClaimUnavailable
 from workers.publisher import CeleryPublisher
@@ -23,10 +23,10 @@ QUEUE = "omni.test.consumer"
 def broker():
     log_dir = ARTIFACTS / "consumer-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    server = RedisServer(log_dir)
+    server = PrivateRedis(log_dir / "redis.log")
     server.start()
     yield server
-    server.kill()
+    server.stop()
 
 
 @pytest.fixture
