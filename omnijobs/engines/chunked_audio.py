@@ -1,10 +1,13 @@
 """Codec frames to audio chunk by chunk, many jobs per decoder call, from a stream or a recorded input.
 
-Each round reads whatever frames the batch's streams gained, then decodes the pending frames of
-every row that has enough (`first_chunk` frames first, then `chunk`; all that is left once the
-upstream's end mark came) in ONE batched decoder call. Each decoded piece goes out at once as an
-`audio` event (16-bit PCM, base64, with its sample offset), and the stored WAV is exactly those
-pieces joined, so a client that listened holds the same samples as the recorded output.
+Rows join and leave one by one (`add`, `step`, `abort`), so a worker can keep decoding the rows it
+has while new jobs' streams start: the continuous loop feeds it from the queue, and `run` serves a
+plain batch the same way. Each step reads whatever frames the rows' streams gained, then decodes
+the pending frames of the rows that have enough (`first_chunk` frames first, then `chunk`, each
+once `lookahead` frames beyond it exist; all that is left once the upstream's end mark came) in ONE
+batched decoder call, the rows that have played least first. Each decoded piece goes out at once
+as an `audio` event (16-bit PCM, base64, with its sample offset), and the stored WAV is exactly
+those pieces joined, so a client that listened holds the same samples as the recorded output.
 
 A restarted stream (the upstream's attempt died and a new one began) drops what was decoded for
 that job and tells its listeners with a `restart` event; so does a downstream run that reads an
@@ -26,23 +29,44 @@ from omnijobs.engines.base import EngineContext, Media, RowResult, StageRequest
 from omnijobs.errors import FatalStageError, RetryableStageError
 from omnijobs.streaming.chunks import AUDIO, RESTART, EdgeStream
 
-# Read wait while no row has frames to decode: short enough to notice a canceled job soon.
+# Read wait while no row has frames to decode. A new chunk ends the wait at once; the bound is how
+# long a job that arrives meanwhile waits to join (the continuous loop admits between steps).
+STEP_WAIT_MS = 20
+# Batch mode (`run`) waits longer: nothing can join, only a cancel must be noticed soon.
 IDLE_WAIT_MS = 500
 # At most this many frames per row per decoder call (a row that fell behind catches up in pieces).
 MAX_WINDOW = 300
 
 
 @dataclass
+class Window:
+    """One row's part of a decoder call: decode `codes` (frames first..last) and keep samples
+    [skip:keep] of the result, the audio of the row's new frames start..end."""
+
+    req: StageRequest
+    codes: torch.Tensor  # (groups, last - first)
+    first: int
+    last: int
+    start: int
+    end: int
+    skip: int
+    keep: int
+
+
+@dataclass
 class _Row:
-    index: int
     req: StageRequest
     edge: EdgeStream | None
     frames: torch.Tensor  # (G, n) received so far
     ended: bool
+    order: int
+    opened: EdgeStream | None = None  # a recorded row's edge, opened to learn whether it is a retry
     taken: int = 0  # chunks of the edge already in `frames`
     done: int = 0  # frames decoded
     pcm: list[bytes] = field(default_factory=list)
     samples: int = 0
+    calls: int = 0  # decoder calls this row was in, and the rows of those calls
+    call_rows: list[int] = field(default_factory=list)
 
     def reset(self, groups: int) -> None:
         self.frames, self.taken, self.done, self.pcm, self.samples = torch.zeros((groups, 0), dtype=torch.long), 0, 0, [], 0
@@ -65,127 +89,172 @@ def wav_of(pcm: bytes, rate: int) -> Media:
 
 
 class ChunkedAudio:
-    """The streamed-decoding loop of one batch. `decode(windows)` gets [(codes (G, w), skip, keep)] and
-    returns, per window, float samples [skip:keep] of decoding those codes, all in one call."""
+    """The streamed decoding of a stage's rows.
+
+    `window(start, end, total)` says what to decode for new frames start..end of a row holding
+    `total` frames: (first, last, skip, keep), see Window. `decode(windows)` decodes them all in one
+    call and returns, per window, its float samples [skip:keep].
+    """
 
     def __init__(self, ctx: EngineContext, port: str, groups: int, rate: int,
-                 decode: Callable[[list[tuple[torch.Tensor, int, int]]], list[np.ndarray]],
-                 window: Callable[[int, int], tuple[int, int, int]]):
+                 decode: Callable[[list[Window]], list[np.ndarray]],
+                 window: Callable[[int, int, int], tuple[int, int, int, int]],
+                 lookahead: int = 0, max_rows: int = 64):
         self.ctx, self.port, self.groups, self.rate = ctx, port, groups, rate
-        self.decode, self.window = decode, window
+        self.decode, self.window, self.lookahead, self.max_rows = decode, window, lookahead, max_rows
         stream = ctx.stage.streams.get(port)
         self.chunk = stream.chunk if stream else MAX_WINDOW
         self.first = (stream.first_chunk or stream.chunk) if stream else MAX_WINDOW
         # Audio events only for stages that stream (their clients listen for them).
         self.events = ctx.chunks if stream is not None else None
-        self.rounds: list[int] = []
+        self.rows: dict[str, _Row] = {}
+        self._restarts: list[_Row] = []
+        self._admitted = 0
+
+    # ------------------------------------------------------------------ rows in and out
+
+    def add(self, req: StageRequest, recorded: torch.Tensor | None = None) -> RowResult | None:
+        """Take one row: its recorded frames, or (None) the upstream's stream. Returns the error that
+        fails it alone, or None once it is taken."""
+        if req.run_id in self.rows:
+            return None
+        if recorded is not None:
+            row = _Row(req, None, recorded.long(), True, self._admitted)
+            # A retry after the upstream ended decodes its recorded output, but listeners may hold
+            # audio of an earlier run of this stage: they are told to drop it all the same.
+            if self.events is not None:
+                row.opened = self.events.open(req.job_id, self.ctx.stage.inputs[self.port])
+                if row.opened.restarted:
+                    self._restarts.append(row)
+        elif self.ctx.chunks is None:
+            return FatalStageError(
+                f"input '{self.port}' is streamed from {self.ctx.stage.inputs[self.port]}, which needs a Redis "
+                "broker (the stream's transport); without one, drop `streams:` from the pipeline")
+        else:
+            edge = self.ctx.chunks.open(req.job_id, self.ctx.stage.inputs[self.port])
+            row = _Row(req, edge, torch.zeros((self.groups, 0), dtype=torch.long), False, self._admitted)
+            if edge.restarted:
+                self._restarts.append(row)
+        self._admitted += 1
+        self.rows[req.run_id] = row
+        return None
+
+    def abort(self, run_ids) -> list[tuple[StageRequest, RowResult]]:
+        """Drop these rows (canceled, overdue); each ends as canceled."""
+        gone = [self.rows[r] for r in run_ids if r in self.rows]
+        self._release(gone)
+        return [(r.req, FatalStageError("canceled")) for r in gone]
+
+    def step(self, wait_ms: int = STEP_WAIT_MS) -> list[tuple[StageRequest, RowResult]]:
+        """Read the streams, decode what is due in one call; the rows that ended, with their results."""
+        self._restart()
+        rows = list(self.rows.values())
+        waiting = [r.edge for r in rows if r.edge is not None and not r.edge.ended]
+        if waiting:
+            self.ctx.chunks.read(waiting, 1 if any(self._due(r) for r in rows) else wait_ms)
+            self._take(rows)
+            self._restart()
+        due = sorted((r for r in rows if self._due(r)), key=lambda r: (r.samples, r.order))
+        if due:
+            self._decode(due[: self.max_rows])
+        ended = []
+        for r in rows:
+            if r.edge is not None and r.edge.lost:
+                ended.append((r, RetryableStageError(r.edge.lost)))
+            elif r.ended and r.done == r.frames.shape[1]:
+                ended.append((r, self._result(r)))
+        self._release([r for r, _ in ended])
+        return [(r.req, result) for r, result in ended]
 
     def run(self, batch: list[StageRequest], recorded: dict[int, torch.Tensor]) -> list[RowResult]:
-        """`recorded`: the rows whose frames are already known (by batch index); others read the stream."""
+        """A whole batch at once (the batch worker's way): `recorded` holds the rows whose frames are
+        known (by batch index); the others read the stream."""
         results: list[RowResult | None] = [None] * len(batch)
-        rows, restarts, opened = [], [], []
+        index = {}
         for i, req in enumerate(batch):
-            if i in recorded:
-                rows.append(_Row(i, req, None, recorded[i], True))
-                # A retry after the upstream ended decodes its recorded output, but listeners may
-                # hold audio of an earlier run of this stage: they are told to drop it all the same.
-                if self.events is not None:
-                    opened.append(self.events.open(req.job_id, self.ctx.stage.inputs[self.port]))
-                    if opened[-1].restarted:
-                        restarts.append(rows[-1])
-            elif self.ctx.chunks is None:
-                results[i] = FatalStageError(
-                    f"input '{self.port}' is streamed from {self.ctx.stage.inputs[self.port]}, which needs a Redis "
-                    "broker (the stream's transport); without one, drop `streams:` from the pipeline")
+            error = self.add(req, recorded.get(i))
+            if error is not None:
+                results[i] = error
             else:
-                edge = self.ctx.chunks.open(req.job_id, self.ctx.stage.inputs[self.port])
-                rows.append(_Row(i, req, edge, torch.zeros((self.groups, 0), dtype=torch.long), False))
-        restarts += [r for r in rows if r.edge is not None and r.edge.restarted]
+                index[req.run_id] = i
         try:
-            self._loop(rows, results, restarts)
+            while self.rows:
+                ended = self.abort([r for r in self.rows if self.ctx.should_stop(r)])
+                ended += self.step(IDLE_WAIT_MS)
+                for req, result in ended:
+                    results[index[req.run_id]] = result
         finally:
-            if self.ctx.chunks is not None:
-                self.ctx.chunks.done([*opened, *(r.edge for r in rows if r.edge is not None)])
+            self._release(list(self.rows.values()))
         return results
 
-    def _loop(self, rows: list[_Row], results: list, restarts: list[_Row]) -> None:
-        active = list(rows)
-        while active:
-            self._restart(restarts)
-            restarts = []
-            for r in list(active):
-                if self.ctx.should_stop(r.req.run_id):
-                    results[r.index] = FatalStageError("canceled")
-                    active.remove(r)
-            work = [r for r in active if self._due(r)]
-            waiting = [r.edge for r in active if r.edge is not None and not r.edge.ended]
-            if waiting:
-                try:
-                    self.ctx.chunks.read(waiting, 1 if work else IDLE_WAIT_MS)
-                except LookupError as exc:
-                    raise RetryableStageError(str(exc)) from exc
-                restarts = self._take(active)
-                if restarts:
-                    continue
-                work = [r for r in active if self._due(r)]
-            if work:
-                self._decode(work)
-            for r in list(active):
-                if r.ended and r.done == r.frames.shape[1]:
-                    results[r.index] = self._result(r)
-                    active.remove(r)
+    # ------------------------------------------------------------------ inside
 
-    def _take(self, active: list[_Row]) -> list[_Row]:
-        """Move newly read chunks into the rows; the rows whose stream restarted (reset)."""
-        restarted = []
-        for r in active:
+    def _release(self, rows: list[_Row]) -> None:
+        for r in rows:
+            self.rows.pop(r.req.run_id, None)
+        edges = [e for r in rows for e in (r.edge, r.opened) if e is not None]
+        if edges and self.ctx.chunks is not None:
+            self.ctx.chunks.done(edges)
+
+    def _take(self, rows: list[_Row]) -> None:
+        """Move newly read chunks into the rows; a row whose stream restarted starts over."""
+        for r in rows:
             e = r.edge
             if e is None:
                 continue
             if e.restarted:
-                restarted.append(r)
+                self._restarts.append(r)
                 r.reset(self.groups)
             new = [torch.as_tensor(c).long() for c in e.chunks[r.taken:] if c is not None]
             if new:
                 r.frames = torch.cat([r.frames, *new], dim=1)
             r.taken, r.ended = len(e.chunks), e.ended
-        return restarted
 
-    def _restart(self, rows: list[_Row]) -> None:
+    def _restart(self) -> None:
+        rows, self._restarts = [r for r in self._restarts if r.req.run_id in self.rows], []
         if rows and self.events is not None:
             self.events.publish(RESTART, [(r.req, {"attempt": r.edge.attempt if r.edge else 0}) for r in rows])
         for r in rows:
-            if r.edge is not None:
-                r.edge.restarted = False
+            for e in (r.edge, r.opened):
+                if e is not None:
+                    e.restarted = False
+
+    def _ready(self, r: _Row) -> int:
+        """Frames of the row whose audio can be made now (the rest wait for their look-ahead)."""
+        n = r.frames.shape[1]
+        return n if r.ended else max(n - self.lookahead, 0)
 
     def _due(self, r: _Row) -> bool:
-        pending = r.frames.shape[1] - r.done
+        if r.edge is not None and r.edge.lost:
+            return False
+        pending = self._ready(r) - r.done
         if pending <= 0:
             return False
         return r.ended or pending >= (self.first if r.done == 0 else self.chunk)
 
     def _decode(self, work: list[_Row]) -> None:
-        windows, ends = [], []
+        windows = []
         for r in work:
             size = self.first if r.done == 0 else self.chunk
-            pending = r.frames.shape[1] - r.done
+            pending = self._ready(r) - r.done
             # Whole chunks while the stream runs (so chunk edges match the spec); the rest at the end.
             take = pending if r.ended else pending - pending % size
             end = r.done + min(take, MAX_WINDOW)
-            start, skip, keep = self.window(r.done, end)
-            windows.append((r.frames[:, start:end], skip, keep))
-            ends.append(end)
+            first, last, skip, keep = self.window(r.done, end, r.frames.shape[1])
+            windows.append(Window(r.req, r.frames[:, first:last], first, last, r.done, end, skip, keep))
         pieces = self.decode(windows)
-        self.rounds.append(len(windows))
         events = []
-        for r, end, piece in zip(work, ends, pieces, strict=True):
+        for r, w, piece in zip(work, windows, pieces, strict=True):
             data = pcm16(piece)
             events.append((r.req, {"offset": r.samples, "samples": len(data) // 2, "rate": self.rate,
                                    "format": "pcm_s16le", "attempt": r.edge.attempt if r.edge else 0,
-                                   "audio": base64.b64encode(data).decode(), "final": r.ended and end == r.frames.shape[1]}))
+                                   "audio": base64.b64encode(data).decode(),
+                                   "final": r.ended and w.end == r.frames.shape[1]}))
             r.pcm.append(data)
             r.samples += len(data) // 2
-            r.done = end
+            r.done = w.end
+            r.calls += 1
+            r.call_rows.append(len(windows))
         if self.events is not None:
             self.events.publish(AUDIO, events)
 
@@ -194,6 +263,6 @@ class ChunkedAudio:
             return FatalStageError("the talker produced no speech codes")
         return {"audio": wav_of(b"".join(r.pcm), self.rate),
                 "usage": {"samples": r.samples, "seconds": r.samples / self.rate, "chunks": len(r.pcm),
-                          # Rows per decoder call over this batch: how well chunks of many jobs batched.
-                          "decode_calls": len(self.rounds), "decode_rows_max": max(self.rounds, default=0),
-                          "decode_rows_mean": round(sum(self.rounds) / max(len(self.rounds), 1), 3)}}
+                          # Rows per decoder call this row was in: how well chunks of many jobs batched.
+                          "decode_calls": r.calls, "decode_rows_max": max(r.call_rows, default=0),
+                          "decode_rows_mean": round(sum(r.call_rows) / max(r.calls, 1), 3)}}

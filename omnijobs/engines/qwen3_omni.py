@@ -14,7 +14,7 @@ from transformers import (
 )
 
 from omnijobs.engines.base import Engine, RowResult, StageRequest
-from omnijobs.engines.chunked_audio import ChunkedAudio
+from omnijobs.engines.chunked_audio import ChunkedAudio, Window
 from omnijobs.engines.multimodal_lm import MultimodalLMEngine
 from omnijobs.engines.omni_glue import qwen3_talker_row
 from omnijobs.engines.qwen_omni import _bundle, _load
@@ -27,6 +27,9 @@ OUTPUT_RATE = 24000
 # Frames of left context a window is decoded with: enough for the decoder's receptive field
 # (measured on the tiny model: the window's samples equal the whole decode's to 6e-8).
 LEFT_CONTEXT = 25
+# Rows per decoder call: measured rows/CPU-s of the tiny decoder at 1/4/8/16/64 rows per call were
+# 40/38/35/19/11, so calls stay small and the rows that have played least go first.
+DECODE_ROWS = 8
 
 
 class Qwen3OmniThinkerEngine(MultimodalLMEngine):
@@ -134,6 +137,11 @@ class Qwen3OmniCode2WavEngine(Engine):
     decode together. Each window's samples start where the previous window's stopped, so the
     joined windows are the whole decode (n frames → n·upsample − tail samples), with no gap at
     the seams.
+
+    Rows come and go one by one (add / step / abort): the worker runs it in its continuous loop, so
+    a job whose stream starts while others are being decoded joins them at the next step instead of
+    waiting for a whole batch to end. `batch.max_size` is how many rows it holds at once (most of
+    them wait for frames); DECODE_ROWS caps the rows of one decoder call.
     """
 
     def load(self) -> None:
@@ -145,49 +153,75 @@ class Qwen3OmniCode2WavEngine(Engine):
             one = self.model(torch.zeros((1, cfg.num_quantizers, 1), dtype=torch.long, device=self.device))
         # Samples a decode of n frames is short of n·upsample (the convolutions' trailing delay).
         self.tail = self.per_code - int(one.shape[-1])
+        self.max_seqs = self.ctx.stage.batch.max_size
+        self.audio = ChunkedAudio(self.ctx, "codes", cfg.num_quantizers, OUTPUT_RATE, self._decode, self._window,
+                                  max_rows=DECODE_ROWS)
+
+    # ------------------------------------------------------------------ request by request
+
+    def add(self, req: StageRequest) -> RowResult | None:
+        checked = self._check(req)
+        if isinstance(checked, BaseException):
+            return checked
+        return self.audio.add(req, checked)
+
+    def step(self) -> list[tuple[StageRequest, RowResult]]:
+        return self.audio.step()
+
+    def abort(self, run_ids) -> list[tuple[StageRequest, RowResult]]:
+        return self.audio.abort(run_ids)
+
+    # ------------------------------------------------------------------ a whole batch
 
     def run(self, batch: list[StageRequest]) -> list[RowResult]:
-        cfg = self.model.config
         results: list[RowResult | None] = [None] * len(batch)
         recorded, live = {}, []
         for i, req in enumerate(batch):
-            bundle = req.inputs.get("codes")
-            c = bundle.get("codes") if isinstance(bundle, dict) else None
-            if bundle is None and "codes" in self.ctx.stage.streams:
-                live.append(i)  # read from the talker's stream
-            elif c is None or c.dim() != 2 or c.shape[0] != cfg.num_quantizers:
-                results[i] = FatalStageError(f"input 'codes' must hold a ({cfg.num_quantizers}, T) 'codes' tensor")
-            elif c.shape[1] == 0:
-                results[i] = FatalStageError("the talker produced no speech codes")
-            elif int(c.min()) < 0 or int(c.max()) >= cfg.codebook_size:
-                results[i] = FatalStageError(f"speech codes outside the codebook (0..{cfg.codebook_size - 1})")
-            elif self.ctx.should_stop(req.run_id):
-                results[i] = FatalStageError("canceled")
-            else:
-                recorded[len(live)] = c.long()
-                live.append(i)
+            checked = self._check(req)
+            if isinstance(checked, BaseException):
+                results[i] = checked
+                continue
+            if checked is not None:
+                recorded[len(live)] = checked
+            live.append(i)
         if not live:
             return results
-        loop = ChunkedAudio(self.ctx, "codes", cfg.num_quantizers, OUTPUT_RATE, self._decode, self._window)
-        for j, out in enumerate(loop.run([batch[i] for i in live], recorded)):
+        for j, out in enumerate(self.audio.run([batch[i] for i in live], recorded)):
             results[live[j]] = out
         return results
 
-    def _window(self, start: int, end: int) -> tuple[int, int, int]:
-        """(first frame to decode, samples to skip, samples to keep) for new frames start..end."""
+    def _check(self, req: StageRequest) -> torch.Tensor | BaseException | None:
+        """The row's recorded codes, None when they come from the talker's stream, or its error."""
+        cfg = self.model.config
+        bundle = req.inputs.get("codes")
+        c = bundle.get("codes") if isinstance(bundle, dict) else None
+        if bundle is None and "codes" in self.ctx.stage.streams:
+            return None
+        if c is None or c.dim() != 2 or c.shape[0] != cfg.num_quantizers:
+            return FatalStageError(f"input 'codes' must hold a ({cfg.num_quantizers}, T) 'codes' tensor")
+        if c.shape[1] == 0:
+            return FatalStageError("the talker produced no speech codes")
+        if int(c.min()) < 0 or int(c.max()) >= cfg.codebook_size:
+            return FatalStageError(f"speech codes outside the codebook (0..{cfg.codebook_size - 1})")
+        if self.ctx.should_stop(req.run_id):
+            return FatalStageError("canceled")
+        return c.long()
+
+    def _window(self, start: int, end: int, total: int) -> tuple[int, int, int, int]:
+        """(first frame, last frame, samples to skip, samples to keep) for new frames start..end."""
         first = max(0, start - LEFT_CONTEXT)
         skip = (start - first) * self.per_code - self.tail if start else 0
-        return first, skip, (end - first) * self.per_code - self.tail
+        return first, end, skip, (end - first) * self.per_code - self.tail
 
-    def _decode(self, windows: list[tuple[torch.Tensor, int, int]]) -> list:
+    def _decode(self, windows: list[Window]) -> list:
         cfg = self.model.config
-        for codes, _, _ in windows:
-            if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= cfg.codebook_size):
+        for w in windows:
+            if w.codes.numel() and (int(w.codes.min()) < 0 or int(w.codes.max()) >= cfg.codebook_size):
                 raise FatalStageError(f"speech codes outside the codebook (0..{cfg.codebook_size - 1})")
-        width = max(c.shape[1] for c, _, _ in windows)
+        width = max(w.codes.shape[1] for w in windows)
         padded = torch.zeros((len(windows), cfg.num_quantizers, width), dtype=torch.long)
-        for j, (c, _, _) in enumerate(windows):
-            padded[j, :, : c.shape[1]] = c
+        for j, w in enumerate(windows):
+            padded[j, :, : w.codes.shape[1]] = w.codes
         with torch.no_grad():
             wavs = self.model(padded.to(self.device))
-        return [wavs[j].reshape(-1)[skip:keep].float().cpu().numpy() for j, (_, skip, keep) in enumerate(windows)]
+        return [wavs[j].reshape(-1)[w.skip:w.keep].float().cpu().numpy() for j, w in enumerate(windows)]

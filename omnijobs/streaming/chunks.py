@@ -67,6 +67,8 @@ class EdgeStream:
     ended: bool = False
     # Set when a newer attempt replaced what was read (the consumer must drop its decoded output).
     restarted: bool = False
+    # Why the stream cannot be followed any more (chunks of the attempt went missing), or "".
+    lost: str = ""
 
     def _restart(self, attempt: int) -> None:
         self.attempt, self.chunks, self.ended, self.restarted = attempt, [], False, True
@@ -106,7 +108,9 @@ class ChunkStreams:
                 self._writing[(id(req), port)] = (req, int(attempt), 0)
             while len(self._writing) > 4096:  # rows of batches that died before their end mark
                 self._writing.popitem(last=False)
-        pipe = self.redis.pipeline(transaction=False)
+        # NOTE: one transaction, so a reader blocked on these streams wakes to all of the step's
+        # chunks at once and decodes them in one call, not the first row's alone.
+        pipe = self.redis.pipeline(transaction=True)
         for req, port, payload, final in rows:
             slot = (id(req), port)
             _, attempt, seq = self._writing[slot]
@@ -146,16 +150,27 @@ class ChunkStreams:
 
     def read(self, edges: Sequence[EdgeStream], block_ms: int) -> None:
         """Advance every open edge with what its stream holds, waiting up to `block_ms` for anything."""
-        live = [e for e in edges if not e.ended]
+        live = [e for e in edges if not e.ended and not e.lost]
         if not live:
             return
         by_key = {e.key: e for e in live}
-        reply = self.redis.xread({e.key: e.cursor for e in live}, count=1024, block=max(1, block_ms))
-        for key, entries in reply or []:
+        reply = self.redis.xread({e.key: e.cursor for e in live}, count=1024, block=max(1, block_ms)) or []
+        if reply and len(live) > 1:
+            # NOTE: a blocked read wakes with the one stream that got an entry; the others written
+            # in the same transaction are there too, and are taken now so they decode together.
+            woke = {_text(key) for key, _ in reply}
+            rest = {e.key: e.cursor for e in live if e.key not in woke}
+            if rest:
+                reply += self.redis.xread(rest, count=1024) or []
+        for key, entries in reply:
             edge = by_key[_text(key)]
             for entry_id, fields in entries:
                 edge.cursor = _text(entry_id)
-                _apply(edge, fields)
+                try:
+                    _apply(edge, fields)
+                except LookupError as exc:  # this edge alone is broken: its reader fails that row
+                    edge.lost = str(exc)
+                    break
 
     def done(self, edges: Iterable[EdgeStream]) -> None:
         """The reader is finished with these edges: let them expire soon."""
