@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import PrincipalDep, RegistryDep
+from api.openai.chat_audio import audio_chat_stream
 from api.openai.errors import OpenAIRoute
 from api.openai.jobs import (
     created,
@@ -23,6 +24,7 @@ from api.openai.jobs import (
     wait_job,
 )
 from api.openai.models import model_for
+from api.openai.speech_stream import pcm_of
 from api.openai.streams import text_stream
 from omnijobs.errors import RequestError
 from omnijobs.pipelines.spec import PipelineSpec
@@ -64,7 +66,8 @@ class StreamOptions(_Strict):
 
 
 class AudioOptions(_Strict):
-    format: Literal["wav"] = "wav"
+    # "pcm16": raw 16-bit mono samples at the model's rate, the only format a stream can carry.
+    format: Literal["wav", "pcm16"] = "wav"
     voice: str | None = None
 
 
@@ -104,7 +107,10 @@ async def chat_completions(body: ChatRequest, request: Request, registry: Regist
     job = await submit_job(request, principal, spec, inputs, params, metadata, fields)
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
-        chunks = text_stream(request, job, spec, stage, "chat.completion.chunk", _chat_delta, usage)
+        if "audio" in (body.modalities or []):
+            chunks = audio_chat_stream(request, job, spec, stage, output_stage(spec, "audio"), usage)
+        else:
+            chunks = text_stream(request, job, spec, stage, "chat.completion.chunk", _chat_delta, usage)
         return StreamingResponse(chunks, media_type="text/event-stream", headers={
             **job_headers(job), "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     done = await wait_job(request, job)
@@ -123,8 +129,9 @@ def check_common(body: ChatRequest, spec: PipelineSpec) -> None:
     if wants_audio and body.audio is None:
         raise RequestError("modalities with 'audio' need the audio parameter, e.g. {\"format\": \"wav\"}",
                            field="audio")
-    if wants_audio and body.stream:
-        raise RequestError("audio output is not streamed; send stream: false", field="stream")
+    if wants_audio and body.stream and body.audio.format != "pcm16":
+        raise RequestError(f"audio.format '{body.audio.format}' cannot be streamed: with stream: true ask for "
+                           "'pcm16'", field="audio.format")
 
 
 def _voice_params(spec: PipelineSpec, body: ChatRequest) -> dict[str, dict[str, Any]]:
@@ -248,5 +255,6 @@ async def _audio(request: Request, job: JobView, body: ChatRequest) -> dict | No
 
     out = await run_in_threadpool(read_output, request.app.state.store, request.app.state.values, str(job.id),
                                   "audio")
-    return {"id": f"audio-{job.id}", "data": base64.b64encode(out.data).decode(),
+    data = pcm_of(out.data)[1] if body.audio.format == "pcm16" else out.data
+    return {"id": f"audio-{job.id}", "data": base64.b64encode(data).decode(),
             "expires_at": int(time.time()) + 24 * 3600, "transcript": (job.outputs or {}).get("text", "")}
