@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 # How long to wait for "one more message" before deciding the queue is empty. A message already
 # in the broker arrives well within this on a local network.
 DRAIN_POLL_S = 0.002
+# How long to wait for a message the broker said is waiting (a loaded host may take a while).
+WAITING_POLL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -142,13 +144,31 @@ class BatchConsumer:
             self._run(batch)
 
     def _fill(self, conn) -> None:
-        """Take what is already waiting; stop at the first empty poll, a full batch or max_wait."""
+        """Take what is already waiting, then linger for arrivals: stop at the first empty poll, a
+        full batch or max_wait."""
+        # NOTE: the broker says how many wait, so a loaded machine (a poll that misses its few
+        # milliseconds) does not cut a batch short of the messages that are already there.
+        target = min(self.max_size, len(self._buffer) + self._waiting(conn))
+        while len(self._buffer) < target:
+            try:
+                conn.drain_events(timeout=WAITING_POLL_S)
+            except socket.timeout:
+                break  # another consumer took them
         deadline = time.monotonic() + self.max_wait_s
         while len(self._buffer) < self.max_size and time.monotonic() < deadline:
             try:
                 conn.drain_events(timeout=DRAIN_POLL_S)
             except socket.timeout:
                 return
+
+    def _waiting(self, conn) -> int:
+        """Messages still in the broker's queue (0 when the transport cannot say)."""
+        try:
+            queue = self.app.amqp.queues[self.queue_name].bind(conn.default_channel)
+            return int(queue.queue_declare(passive=True).message_count or 0)
+        except Exception:  # NOTE: only a hint for batch size; the polls below still take what comes
+            log.debug("could not read the depth of %s", self.queue_name, exc_info=True)
+            return 0
 
     def _run(self, batch: list) -> None:
         deliveries, poison = [], []
