@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 import wave
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,11 @@ STEP_WAIT_MS = 20
 IDLE_WAIT_MS = 500
 # At most this many frames per row per decoder call (a row that fell behind catches up in pieces).
 MAX_WINDOW = 300
+# After the first piece, a row's next piece is decoded once the audio sent is less than this far
+# ahead of a player that started with the first piece; until then its chunks gather into one
+# window. Every window is decoded with left context, so fewer, longer windows cost less compute,
+# and a listener still never runs dry (a row whose upstream ended is finished at once).
+PLAY_AHEAD_S = 1.0
 
 
 @dataclass
@@ -67,6 +73,7 @@ class _Row:
     samples: int = 0
     calls: int = 0  # decoder calls this row was in, and the rows of those calls
     call_rows: list[int] = field(default_factory=list)
+    began: float = 0.0  # when its first piece went out (monotonic)
 
     def reset(self, groups: int) -> None:
         self.frames, self.taken, self.done, self.pcm, self.samples = torch.zeros((groups, 0), dtype=torch.long), 0, 0, [], 0
@@ -151,10 +158,16 @@ class ChunkedAudio:
         rows = list(self.rows.values())
         waiting = [r.edge for r in rows if r.edge is not None and not r.edge.ended]
         if waiting:
-            self.ctx.chunks.read(waiting, 1 if any(self._due(r) for r in rows) else wait_ms)
+            now = time.monotonic()
+            if any(self._due(r, now) for r in rows):
+                wait_ms = 1
+            else:  # wake no later than a paced row's turn
+                wait_ms = min([wait_ms, *(self._paced_ms(r, now) for r in rows if self._full(r))])
+            self.ctx.chunks.read(waiting, max(1, int(wait_ms)))
             self._take(rows)
             self._restart()
-        due = sorted((r for r in rows if self._due(r)), key=lambda r: (r.samples, r.order))
+        now = time.monotonic()
+        due = sorted((r for r in rows if self._due(r, now)), key=lambda r: (r.samples, r.order))
         if due:
             self._decode(due[: self.max_rows])
         ended = []
@@ -224,13 +237,26 @@ class ChunkedAudio:
         n = r.frames.shape[1]
         return n if r.ended else max(n - self.lookahead, 0)
 
-    def _due(self, r: _Row) -> bool:
+    def _due(self, r: _Row, now: float) -> bool:
         if r.edge is not None and r.edge.lost:
             return False
         pending = self._ready(r) - r.done
         if pending <= 0:
             return False
-        return r.ended or pending >= (self.first if r.done == 0 else self.chunk)
+        if r.ended:
+            return True
+        return self._full(r) and self._paced_ms(r, now) <= 0
+
+    def _full(self, r: _Row) -> bool:
+        """Whether the row's next chunk has all its frames (and their look-ahead)."""
+        return self._ready(r) - r.done >= (self.first if r.done == 0 else self.chunk)
+
+    def _paced_ms(self, r: _Row, now: float) -> float:
+        """Milliseconds until the row's audio sent is only PLAY_AHEAD_S ahead of its playback (≤ 0: now)."""
+        if r.done == 0:
+            return 0.0
+        ahead = r.samples / self.rate - (now - r.began)
+        return (ahead - PLAY_AHEAD_S) * 1000.0
 
     def _decode(self, work: list[_Row]) -> None:
         windows = []
@@ -250,6 +276,8 @@ class ChunkedAudio:
                                    "format": "pcm_s16le", "attempt": r.edge.attempt if r.edge else 0,
                                    "audio": base64.b64encode(data).decode(),
                                    "final": r.ended and w.end == r.frames.shape[1]}))
+            if not r.pcm:
+                r.began = time.monotonic()
             r.pcm.append(data)
             r.samples += len(data) // 2
             r.done = w.end
