@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import numpy as np
 import torch
 from transformers import (
     LogitsProcessorList,
@@ -20,12 +21,24 @@ from omnijobs.engines.media_features import encode_wav
 from omnijobs.engines.multimodal_lm import MultimodalLMEngine
 from omnijobs.engines.omni_glue import qwen2_5_talker_row
 from omnijobs.engines.sampling import RowSampler, RowStop
-from omnijobs.engines.talker import MinCodes, collate, talker_sampling
+from omnijobs.engines.talker import MinCodes, code_stream, collate, talker_sampling
 from omnijobs.engines.token2wav import MelRow, encode_speaker, sample_mels, vocode
+from omnijobs.engines.token2wav_stream import StreamedToken2Wav, Tiling
 from omnijobs.engines.torch_runtime import torch_device
 from omnijobs.errors import EngineDead, FatalStageError
 
 OUTPUT_RATE = 24000
+# Context a streamed tile is rendered with, in codec frames (stage `options` left_context,
+# right_context, vocoder_context may set them). Measured with loadtest/token2wav_tiles.py: the tiny
+# model's joined tiles equal its whole render to float rounding (its DiT barely mixes across
+# blocks); on a DiT made to mix strongly, 24 frames before and 12 after give a mel within 50 dB of
+# the whole render's (12/12: 42 dB; 24/24: 75 dB: the look-back reaches further). BigVGAN's samples
+# are exact with 4 frames on the tiny model; the released BigVGAN (kernels up to 11) reaches
+# further (at most ~20 frames): measure a real checkpoint with that script and set the option.
+LEFT_CONTEXT, RIGHT_CONTEXT, VOCODER_CONTEXT = 24, 12, 4
+# Rows (jobs' windows) per render call: the whole render's rows/CPU-s at 1/4/8/16 rows per call
+# were 7/11/12/13.
+RENDER_ROWS = 16
 
 
 class Qwen2_5OmniThinkerEngine(MultimodalLMEngine):
@@ -54,6 +67,10 @@ def _bundle(req: StageRequest) -> dict[str, torch.Tensor]:
     return bundle
 
 
+def _speaker(req: StageRequest) -> str:
+    return str(req.params.get("speaker", "Chelsie"))
+
+
 class Qwen2_5OmniTalkerEngine(Engine):
     """Thinker states → codec codes; the full model's `generate` between thinker and token2wav."""
 
@@ -68,8 +85,7 @@ class Qwen2_5OmniTalkerEngine(Engine):
         rows, sampling, live = [], [], []
         for i, req in enumerate(batch):
             try:
-                speaker = str(req.params.get("speaker", "Chelsie"))
-                rows.append(qwen2_5_talker_row(_bundle(req), speaker, self.model))
+                rows.append(qwen2_5_talker_row(_bundle(req), _speaker(req), self.model))
                 sampling.append(talker_sampling(req.run_id, req.params))
                 live.append(i)
             except FatalStageError as exc:
@@ -82,6 +98,13 @@ class Qwen2_5OmniTalkerEngine(Engine):
         prompt_len = enc["input_ids"].shape[1]
         extra = {k: enc[k] for k in ("image_grid_thw", "audio_feature_lengths") if k in enc}
         m.rope_deltas = None
+        requests = [batch[i] for i in live]
+        if self.ctx.chunks is not None:
+            # Before any code: a downstream stage that starts beside this one learns its voice first.
+            self.ctx.chunks.emit_many([(req, "speaker", np.frombuffer(_speaker(req).encode(), np.uint8), True)
+                                       for req in requests])
+        streamed = code_stream(self.ctx, "codes", requests, [s["max_tokens"] for s in sampling], self.eos_ids,
+                               prompt_len, from_tokens=True)
         with torch.no_grad():
             out = m.generate(
                 input_ids=enc["input_ids"], inputs_embeds=enc["inputs_embeds"], attention_mask=enc["attention_mask"],
@@ -95,7 +118,7 @@ class Qwen2_5OmniTalkerEngine(Engine):
                 ]),
                 stopping_criteria=StoppingCriteriaList([RowStop(
                     prompt_len, [s["max_tokens"] for s in sampling], [batch[i].run_id for i in live],
-                    self.ctx.should_stop)]),
+                    self.ctx.should_stop), *([streamed] if streamed else [])]),
                 **extra,
             )
         for j, i in enumerate(live):
@@ -103,9 +126,11 @@ class Qwen2_5OmniTalkerEngine(Engine):
             end = next((k for k, c in enumerate(codes) if c in self.eos_ids), len(codes))
             results[i] = {
                 "codes": {"codes": torch.tensor(codes[:end], dtype=torch.long)},
-                "speaker": str(batch[i].params.get("speaker", "Chelsie")),
+                "speaker": _speaker(batch[i]),
                 "usage": {"codes": end},
             }
+        if streamed:
+            streamed.finish([results[i]["codes"]["codes"].unsqueeze(0) for i in live])
         return results
 
 
@@ -114,7 +139,20 @@ class Qwen2_5OmniToken2WavEngine(Engine):
 
     Each row's noise comes from its own seeded generator and padding is masked (see
     `engines/token2wav.py`), so a row renders the same audio alone as in any batch.
+
+    Where the stage reads the talker's codes as a stream, rows are rendered tile by tile as the
+    codes arrive instead (`engines/token2wav_stream.py`), from the stream or from the recorded codes
+    of a retry alike, and come and go one by one (add / step / abort): the worker runs it in its
+    continuous loop, so a job whose stream starts joins the renders already running.
     """
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.stream = ctx.stage.streams.get("codes")
+        if self.stream is not None:
+            # NOTE: only the streamed stage is continuous; unstreamed it stays a batch engine that
+            # renders whole rows (exactly the model's own render).
+            self.add, self.step, self.abort = self._add, self._step, self._abort
 
     def load(self) -> None:
         path = self.ctx.model_path
@@ -127,9 +165,46 @@ class Qwen2_5OmniToken2WavEngine(Engine):
         self.speakers = {name: encode_speaker(dit, spk["cond"].to(self.device), spk["ref_mel"].to(self.device))
                          for name, spk in torch.load(speakers, weights_only=True).items()}
         self.num_embeds = self.model.config.dit_config.num_embeds
+        if self.stream is not None:
+            options = self.ctx.stage.options
+            tiling = Tiling(self.stream.first_chunk or self.stream.chunk, self.stream.chunk,
+                            int(options.get("left_context", LEFT_CONTEXT)), int(options.get("right_context", RIGHT_CONTEXT)),
+                            int(options.get("vocoder_context", VOCODER_CONTEXT)))
+            self.max_seqs = self.ctx.stage.batch.max_size
+            self.streamed = StreamedToken2Wav(self.ctx, self.model, self.speakers, tiling, OUTPUT_RATE, RENDER_ROWS)
 
     def run(self, batch: list[StageRequest]) -> list[RowResult]:
+        if self.stream is not None:
+            return self.streamed.run(batch, [self._codes(req) for req in batch])
         return run_grouped(self.ctx, batch, self._prepare, self._render, steps_of=lambda g: max(g.key[0] - 1, 1))
+
+    # ------------------------------------------------------------------ streamed, request by request
+
+    def _add(self, req: StageRequest) -> RowResult | None:
+        codes = self._codes(req)
+        return codes if isinstance(codes, BaseException) else self.streamed.add(req, codes)
+
+    def _step(self) -> list[tuple[StageRequest, RowResult]]:
+        return self.streamed.step()
+
+    def _abort(self, run_ids) -> list[tuple[StageRequest, RowResult]]:
+        return self.streamed.abort(run_ids)
+
+    def _codes(self, req: StageRequest) -> torch.Tensor | BaseException | None:
+        """A streamed row's recorded (1, T) codes, None when they come from the talker's stream, or its error."""
+        if req.inputs.get("codes") is None:
+            return None
+        try:
+            codes = _bundle_codes(req, self.num_embeds)
+        except FatalStageError as exc:
+            return exc
+        if codes.dim() != 1:
+            return FatalStageError(f"input 'codes' must hold a (T,) 'codes' tensor, got {tuple(codes.shape)}")
+        if self.ctx.should_stop(req.run_id):
+            return FatalStageError("canceled")
+        return codes.unsqueeze(0)
+
+    # ------------------------------------------------------------------ whole rows, a batch at once
 
     def _prepare(self, req: StageRequest):
         codes = _bundle_codes(req, self.num_embeds)

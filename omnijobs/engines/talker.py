@@ -72,14 +72,16 @@ class CodeStream(StoppingCriteria):
     """Hands each row's codec frames to the streamed edge while `generate` runs.
 
     Frames arrive through `capture` (a forward hook: the model returns the frame it completed at
-    each step); a frame counts once its row's first-group code is known not to end the row. Whole
+    each step), or, for a one-codebook talker (`from_tokens`), are the generated codes themselves,
+    sent as (1, n); a frame counts once its row's first-group code is known not to end the row. Whole
     chunks go out as they fill (`first_chunk` frames, then `chunk`); `finish` sends the rest of the
     recorded codes with the end mark, so a row's chunks always join to exactly its `codes` output.
     It never stops a row itself.
     """
 
-    def __init__(self, ctx, port: str, stream, requests, max_tokens: list[int], eos_ids: list[int], prompt_len: int):
-        self.ctx, self.port, self.stream = ctx, port, stream
+    def __init__(self, ctx, port: str, stream, requests, max_tokens: list[int], eos_ids: list[int], prompt_len: int,
+                 from_tokens: bool = False):
+        self.ctx, self.port, self.stream, self.from_tokens = ctx, port, stream, from_tokens
         self.requests, self.max_tokens = list(requests), max_tokens
         self.eos_ids, self.prompt_len = torch.tensor(eos_ids), prompt_len
         self.frames: list[torch.Tensor] = []  # per step: (B, G) codes
@@ -93,7 +95,7 @@ class CodeStream(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
         tokens = input_ids[:, self.prompt_len:].cpu()
-        n = len(self.frames)
+        n = tokens.shape[1] if self.from_tokens else len(self.frames)
         stop = torch.isin(tokens[:, :n], self.eos_ids)
         out = []
         for j, req in enumerate(self.requests):
@@ -101,7 +103,10 @@ class CodeStream(StoppingCriteria):
             valid = min(int(hit[0]) if hit.numel() else n, self.max_tokens[j])
             size = (self.stream.first_chunk or self.stream.chunk) if self.sent[j] == 0 else self.stream.chunk
             while valid - self.sent[j] >= size:
-                frames = torch.stack([f[j] for f in self.frames[self.sent[j]: self.sent[j] + size]], dim=1)
+                if self.from_tokens:
+                    frames = tokens[j, self.sent[j]: self.sent[j] + size].unsqueeze(0)
+                else:
+                    frames = torch.stack([f[j] for f in self.frames[self.sent[j]: self.sent[j] + size]], dim=1)
                 out.append((req, self.port, frames, False))
                 self.sent[j] += size
                 size = self.stream.chunk
@@ -124,9 +129,10 @@ class CodeStream(StoppingCriteria):
             self.ctx.chunks.emit_many(out)
 
 
-def code_stream(ctx, port: str, requests, max_tokens, eos_ids, prompt_len) -> CodeStream | None:
+def code_stream(ctx, port: str, requests, max_tokens, eos_ids, prompt_len, from_tokens: bool = False
+                ) -> CodeStream | None:
     """A CodeStream when a downstream stage reads `port` as a stream, else None."""
     stream = ctx.chunks.outgoing.get(port) if ctx.chunks is not None else None
     if stream is None:
         return None
-    return CodeStream(ctx, port, stream, requests, max_tokens, eos_ids, prompt_len)
+    return CodeStream(ctx, port, stream, requests, max_tokens, eos_ids, prompt_len, from_tokens)

@@ -39,7 +39,12 @@ class SpeakerCondition:
 class MelRow:
     codes: torch.Tensor  # (T,) codec ids
     speaker: SpeakerCondition
-    generator: torch.Generator
+    generator: torch.Generator | None
+    # Frames of the whole sequence before `codes` (a window of it): the DiT's attention blocks are
+    # counted from the sequence's start, so a window sees the blocks the whole render does.
+    offset: int = 0
+    # The initial value of the solve, (T·repeats, mel_dim); None: drawn from `generator`.
+    noise: torch.Tensor | None = None
 
 
 @torch.no_grad()
@@ -81,7 +86,7 @@ class _Velocity:
         # One additive mask per distinct (look-back, look-ahead) of the layers, built once: the
         # layers' own forward rebuilds a boolean mask from block distances at every evaluation,
         # which cost more than the rest of the DiT at these sizes.
-        diff = _block_diff(dit, lengths, width, device)
+        diff = _block_diff(dit, lengths, [r.offset * dit.repeats for r in rows], width, device)
         masks: dict[tuple[int, int], torch.Tensor] = {}
         self.masks = []
         for block in dit.transformer_blocks:
@@ -117,11 +122,13 @@ def _along(v: torch.Tensor, width: int) -> torch.Tensor:
     return v.unsqueeze(1).expand(-1, width, -1)
 
 
-def _block_diff(dit, lengths: list[int], width: int, device) -> torch.Tensor:
-    """The DiT's block distances, with real queries kept off padded keys. A padded query may still
-    attend within its band (so no softmax row is empty); nothing reads what it computes."""
-    blocks = torch.arange(width, device=device) // dit.block_size
-    diff = (blocks.unsqueeze(0) - blocks.unsqueeze(1)).unsqueeze(0).repeat(len(lengths), 1, 1)
+def _block_diff(dit, lengths: list[int], offsets: list[int], width: int, device) -> torch.Tensor:
+    """The DiT's block distances (blocks counted from each row's mel offset), with real queries
+    kept off padded keys. A padded query may still attend within its band (so no softmax row is
+    empty); nothing reads what it computes."""
+    blocks = (torch.arange(width, device=device).unsqueeze(0)
+              + torch.tensor(offsets, device=device).unsqueeze(1)) // dit.block_size  # (B, W)
+    diff = blocks.unsqueeze(1) - blocks.unsqueeze(2)  # (B, query, key): key block - query block
     real = torch.arange(width, device=device).unsqueeze(0) < torch.tensor(lengths, device=device).unsqueeze(1)
     hidden_key = real.unsqueeze(2) & ~real.unsqueeze(1)  # (B, query, key)
     diff = diff.masked_fill(hidden_key, _FAR)
@@ -141,7 +148,8 @@ def sample_mels(dit, rows: list[MelRow], num_steps: int, guidance_scale: float =
     device = dit.proj_out.weight.device
     noise = torch.zeros((len(rows), width, dit.mel_dim), device=device)
     for j, (row, n) in enumerate(zip(rows, lengths)):
-        noise[j, :n] = torch.randn((n, dit.mel_dim), generator=row.generator).to(device)
+        start = row.noise if row.noise is not None else torch.randn((n, dit.mel_dim), generator=row.generator)
+        noise[j, :n] = start.to(device)
     velocity = _Velocity(dit, rows, lengths, guidance_scale, on_eval)
     times = torch.linspace(0, 1, num_steps, device=device)
     if sway_coefficient is not None:
