@@ -35,7 +35,8 @@ from omnijobs.streaming.chunks import AUDIO, RESTART, EdgeStream
 STEP_WAIT_MS = 20
 # Batch mode (`run`) waits longer: nothing can join, only a cancel must be noticed soon.
 IDLE_WAIT_MS = 500
-# At most this many frames per row per decoder call (a row that fell behind catches up in pieces).
+# At most this many frames per row per decoder call by default (a row that fell behind, or a
+# recorded input, is decoded in pieces).
 MAX_WINDOW = 300
 # After the first piece, a row's next piece is decoded once the audio sent is less than this far
 # ahead of a player that started with the first piece; until then its chunks gather into one
@@ -106,12 +107,13 @@ class ChunkedAudio:
     def __init__(self, ctx: EngineContext, port: str, groups: int, rate: int,
                  decode: Callable[[list[Window]], list[np.ndarray]],
                  window: Callable[[int, int, int], tuple[int, int, int, int]],
-                 lookahead: int = 0, max_rows: int = 64):
+                 lookahead: int = 0, max_rows: int = 64, max_window: int = MAX_WINDOW):
         self.ctx, self.port, self.groups, self.rate = ctx, port, groups, rate
         self.decode, self.window, self.lookahead, self.max_rows = decode, window, lookahead, max_rows
+        self.max_window = max_window
         stream = ctx.stage.streams.get(port)
-        self.chunk = stream.chunk if stream else MAX_WINDOW
-        self.first = (stream.first_chunk or stream.chunk) if stream else MAX_WINDOW
+        self.chunk = stream.chunk if stream else max_window
+        self.first = (stream.first_chunk or stream.chunk) if stream else max_window
         # Audio events only for stages that stream (their clients listen for them).
         self.events = ctx.chunks if stream is not None else None
         self.rows: dict[str, _Row] = {}
@@ -265,7 +267,7 @@ class ChunkedAudio:
             pending = self._ready(r) - r.done
             # Whole chunks while the stream runs (so chunk edges match the spec); the rest at the end.
             take = pending if r.ended else pending - pending % size
-            end = r.done + min(take, MAX_WINDOW)
+            end = r.done + min(take, self.max_window)
             first, last, skip, keep = self.window(r.done, end, r.frames.shape[1])
             windows.append(Window(r.req, r.frames[:, first:last], first, last, r.done, end, skip, keep))
         pieces = self.decode(windows)
