@@ -13,7 +13,8 @@ import importlib.util
 from omnijobs.pipelines.spec import StageSpec
 
 # transformers kind -> the vLLM kind that serves the same ports.
-VLLM_SERVES = {"transformers_lm": "vllm", "qwen2_5_vl": "vllm"}
+VLLM_SERVES = {"transformers_lm": "vllm", "qwen2_5_vl": "vllm",
+               "qwen2_5_omni_thinker": "vllm_omni_thinker", "qwen3_omni_thinker": "vllm_omni_thinker"}
 
 
 def vllm_installed() -> bool:

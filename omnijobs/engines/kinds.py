@@ -43,6 +43,14 @@ ENGINE_KINDS: dict[str, EngineKind] = {
             inputs={"prompt": "text", "system": "text?", "image": "image?", "image_2": "image?", "image_3": "image?"},
             outputs={"text": "text", "token_ids": "tokens", "usage": "json"},
         ),
+        # The omni thinkers on vLLM (either family, by the checkpoint's model_type), with the same ports.
+        EngineKind(
+            name="vllm_omni_thinker",
+            impl="omnijobs.engines.vllm.omni:VLLMOmniThinkerEngine",
+            extra="vllm",
+            inputs={"prompt": "text", "system": "text?", "image": "image?", "audio": "audio?", "modalities": "json?"},
+            outputs={"text": "text", "token_ids": "tokens", "usage": "json", "hidden": "tensor"},
+        ),
         # Omni models split into thinker → talker → code2wav; `hidden` carries the thinker's states.
         *[
             EngineKind(

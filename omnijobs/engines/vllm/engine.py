@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from omnijobs.engines.base import Engine, RowResult, StageRequest, _no_deltas
 from omnijobs.engines.hub import not_found
@@ -35,6 +36,7 @@ class _Live:
     text: str = ""
     sent_tokens: int = 0
     sent_text: int = 0
+    prompt: Any = None  # what was given to vLLM (the omni thinker prefills it again for the states)
 
 
 class VLLMEngine(Engine):
@@ -77,7 +79,7 @@ class VLLMEngine(Engine):
             self.llm.add_request(req.run_id, prompt.for_vllm(), params)
         except (ValueError, TypeError) as exc:  # vLLM refuses what its processor cannot take (too many images...)
             return FatalStageError(f"vLLM refused the request: {exc}")
-        self.live[req.run_id] = _Live(req, len(prompt.token_ids))
+        self.live[req.run_id] = _Live(req, len(prompt.token_ids), prompt=prompt)
         return None
 
     def step(self) -> list[tuple[StageRequest, RowResult]]:

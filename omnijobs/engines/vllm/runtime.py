@@ -82,8 +82,11 @@ def vllm_model_folder(model_path: Path) -> Path:
     return view
 
 
-def start_engine(stage: StageSpec, model_path: Path, device: str):
-    """A started vllm LLMEngine for the stage (loads the weights; 20-60 s on a CPU)."""
+def start_engine(stage: StageSpec, model_path: Path, device: str, overrides: dict[str, Any] | None = None):
+    """A started vllm LLMEngine for the stage (loads the weights; 20-60 s on a CPU).
+
+    `overrides` are EngineArgs fields over the stage's (a second engine's own settings).
+    """
     import_vllm()
     from vllm import EngineArgs
     from vllm.v1.engine.llm_engine import LLMEngine
@@ -93,7 +96,7 @@ def start_engine(stage: StageSpec, model_path: Path, device: str):
                          " or fetch a checkpoint with `omnijobs models pull`)")
     folder = vllm_model_folder(model_path)
     try:
-        return LLMEngine.from_engine_args(EngineArgs(**engine_arguments(stage, folder, device)))
+        return LLMEngine.from_engine_args(EngineArgs(**{**engine_arguments(stage, folder, device), **(overrides or {})}))
     except (ValueError, RuntimeError, OSError) as exc:
         raise EngineDead(f"vLLM could not start on {model_path}: {type(exc).__name__}: {exc}") from exc
 
