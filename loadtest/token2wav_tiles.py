@@ -1,9 +1,10 @@
 """How close Qwen2.5-Omni's streamed token2wav (tiles with context) is to the whole render, and what it costs.
 
 For the same codes, speaker and seed, the whole render (one DiT solve over the row, then BigVGAN)
-is compared with the tiles of the streamed stage (`engines/token2wav_stream.py`: first_chunk frames,
-then chunk each, every tile solved with `left`/`right` frames of context and vocoded with
-`vocoder` frames either side), for several contexts:
+is compared with the row cut as a stream that the stage keeps up with cuts it
+(`engines/token2wav_stream.py`: first_chunk frames, then chunk each, every piece solved with
+`left`/`right` frames of context and vocoded with `vocoder` frames either side), for several
+contexts:
 
 - SNR (dB) and max abs difference of the waveform and of the mel, whole render as reference;
 - the step at the seams (mean |x[s] - x[s-1]| at tile boundaries) beside the whole render's step

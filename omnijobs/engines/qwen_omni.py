@@ -36,6 +36,11 @@ OUTPUT_RATE = 24000
 # are exact with 4 frames on the tiny model; the released BigVGAN (kernels up to 11) reaches
 # further (at most ~20 frames): measure a real checkpoint with that script and set the option.
 LEFT_CONTEXT, RIGHT_CONTEXT, VOCODER_CONTEXT = 24, 12, 4
+# Tiles fixed on the chunk schedule (option fixed_tiles, see Tiling.fixed): off. Measured with
+# loadtest/streamed_audio.py --pipeline qwen2_5_omni (200 codes, concurrency 1), token2wav CPU per
+# job was 2.33× the whole render's with fixed tiles (chunk 25, no smaller first chunk) and 1.64×
+# with each call's frames one tile (first chunk 10, then 25), with an earlier first audio too.
+FIXED_TILES = False
 # Rows (jobs' windows) per render call: the whole render's rows/CPU-s at 1/4/8/16 rows per call
 # were 7/11/12/13.
 RENDER_ROWS = 16
@@ -169,7 +174,8 @@ class Qwen2_5OmniToken2WavEngine(Engine):
             options = self.ctx.stage.options
             tiling = Tiling(self.stream.first_chunk or self.stream.chunk, self.stream.chunk,
                             int(options.get("left_context", LEFT_CONTEXT)), int(options.get("right_context", RIGHT_CONTEXT)),
-                            int(options.get("vocoder_context", VOCODER_CONTEXT)))
+                            int(options.get("vocoder_context", VOCODER_CONTEXT)),
+                            bool(options.get("fixed_tiles", FIXED_TILES)))
             self.max_seqs = self.ctx.stage.batch.max_size
             self.streamed = StreamedToken2Wav(self.ctx, self.model, self.speakers, tiling, OUTPUT_RATE, RENDER_ROWS)
 

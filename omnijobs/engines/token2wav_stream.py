@@ -2,17 +2,22 @@
 
 The DiT attends across blocks (look-back and look-ahead layers) at every one of its ODE
 evaluations, and BigVGAN is not causal, so no window of codes renders exactly what the whole
-sequence does. Here the sequence is cut into fixed **tiles** (the stream's chunk schedule:
-`first_chunk` frames, then `chunk` each) and each tile's audio comes from a solve over the tile
-plus `left` frames before it and `right` frames after it; BigVGAN then runs on the tile's mel plus
-`vocoder_context` frames either side. The tiles' audio is joined at exact sample boundaries.
+sequence does. Here the new frames of each decoder call (a **tile**) are solved together with
+`left` frames before them and `right` frames after them (the look-ahead the stream waits for),
+and BigVGAN runs on the tile's mel plus `vocoder_context` frames either side; the tiles' audio is
+joined at exact sample boundaries. Every tile of a call, of every job, is one row of ONE DiT solve.
 
-What a tile renders depends only on the codes around it, the row's seed and the row's length once
-it ended, never on how frames were grouped into decoder calls, nor on the batch: its initial noise
-is the slice, at its frame positions, of the very noise the whole render draws from the row's
-seed (`row_noise`), and its attention blocks are counted from the sequence's start. So the streamed
-audio of a row is the same whether its chunks came one by one, in bursts, or all at once from the
-recorded codes (a retried decoder repeats what listeners already hold).
+A tile's initial noise is the slice, at its frame positions, of the very noise the whole render
+draws from the row's seed (`row_noise`), and its attention blocks are counted from the sequence's
+start, so neither the noise nor the blocks depend on how frames were grouped or batched; with
+enough context the joined tiles approach the whole render (loadtest/token2wav_tiles.py measures
+how close).
+
+`Tiling.fixed` cuts the sequence into fixed tiles on the chunk schedule instead (`first_chunk`
+frames, then `chunk` each), whatever frames a call brings: a tile's audio then depends only on the
+codes around it and the row's seed, never on the grouping, so a retried render repeats what
+listeners hold (to float rounding). It costs one solve per tile where a row catches up many chunks
+at once, and a tile solved twice wherever a call ends inside one.
 """
 
 from __future__ import annotations
@@ -32,13 +37,17 @@ from omnijobs.streaming.chunks import EdgeStream
 
 @dataclass(frozen=True)
 class Tiling:
-    """Where tiles fall and how much context each is rendered with (all in codec frames)."""
+    """What a tile is and how much context it is rendered with (all in codec frames)."""
 
     first_chunk: int
     chunk: int
     left: int  # DiT frames before the tile
     right: int  # DiT frames after the tile: the look-ahead a tile waits for
     vocoder_context: int  # mel frames (in codec frames) BigVGAN sees on each side of the tile
+    # False: each decoder call's new frames are one tile instead. Cheaper where a row catches up
+    # many chunks in one call (one solve, not one per chunk), but its audio then depends on how the
+    # frames were grouped, so a retried render need not repeat what listeners already hold.
+    fixed: bool = True
 
     def tile_of(self, frame: int) -> tuple[int, int]:
         """The tile holding `frame`: [start, end) on the fixed grid."""
@@ -50,6 +59,8 @@ class Tiling:
 
     def tiles(self, start: int, end: int) -> list[tuple[int, int]]:
         """The grid tiles that frames [start, end) touch."""
+        if not self.fixed:
+            return [(start, end)]
         out, at = [], start
         while at < end:
             tile = self.tile_of(at)

@@ -37,3 +37,10 @@ def test_a_rows_noise_up_to_a_frame_is_the_start_of_the_whole_rows_noise():
     whole = torch.randn((2 * 333, 80), generator=torch.Generator("cpu").manual_seed(5))
     for frames in (1, 10, 35, 332):
         assert torch.equal(row_noise(5, frames, 2, 80), whole[: 2 * frames])
+
+
+def test_unfixed_tiles_are_each_calls_own_frames():
+    calls = Tiling(first_chunk=10, chunk=25, left=24, right=12, vocoder_context=4, fixed=False)
+    assert calls.tiles(20, 45) == [(20, 45)]
+    assert calls.window(20, 45, 500) == (0, 57)
+    assert calls.window(45, 70, 75) == (21, 75)
