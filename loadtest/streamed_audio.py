@@ -18,6 +18,9 @@ At concurrency 1 jobs run one after another; at 16, 16 jobs are submitted at onc
 job's chunks are checked to join to exactly its stored WAV.
 
     .venv/bin/python -m loadtest.streamed_audio [--repeats 3] [--concurrency 1,16] [--talker-codes 100]
+
+`--pipeline qwen2_5_omni` measures Qwen2.5-Omni's talker → token2wav edge the same way (its codes
+are 20 ms of audio each: `--talker-codes 400` speaks as long as Qwen3-Omni's 100).
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ from loadtest.stack import PIPELINES, Stack
 
 STREAMED, WHOLE = "qwen3_omni", "qwen3_omni_whole"
 STAGES = ("thinker", "talker", "code2wav")
+# The pipelines measured (--pipeline): their stages, the last one streamed from the talker.
+MEASURED = {"qwen3_omni": ("thinker", "talker", "code2wav"), "qwen2_5_omni": ("thinker", "talker", "token2wav")}
 
 
 def whole_pipeline(folder: Path) -> None:
@@ -140,8 +145,11 @@ def side(stack: Stack, pipeline: str, concurrency: int, jobs: int, seed0: int, s
                                               for k in range(n)))
             return out
 
+    decoder = f"{pipeline}.{STAGES[-1]}"
+    cpu0 = stack.cpu_s()[decoder]
     began = time.perf_counter()
     seen = asyncio.run(go())
+    decoder_cpu = (stack.cpu_s()[decoder] - cpu0) / len(seen)
     wall = max(s.started + s.end for s in seen) - began
     streamed = pipeline == STREAMED
     if streamed and any(not s.chunks for s in seen):
@@ -161,14 +169,14 @@ def side(stack: Stack, pipeline: str, concurrency: int, jobs: int, seed0: int, s
             "rtf": statistics.median(t / a for t, a in zip(last, audio, strict=True)) if streamed else None,
             "chunks": statistics.median(len(s.chunks) for s in seen) if streamed else None,
             "audio_s": statistics.median(audio) if streamed else None,
-            "load": os.getloadavg()[0]}
+            "decoder_cpu": decoder_cpu, "load": os.getloadavg()[0]}
 
 
 def table(concurrency: int, jobs: int, whole: list[dict], streamed: list[dict], repeats: int,
           sizes: tuple[int, int]) -> Table:
-    t = Table(f"Streamed speech, concurrency {concurrency}: {jobs} `qwen3_omni` jobs, {concurrency} at a time "
+    t = Table(f"Streamed speech, concurrency {concurrency}: {jobs} `{STREAMED}` jobs, {concurrency} at a time "
               f"(thinker {sizes[0]} tokens, talker {sizes[1]} codes; {repeats} repeat(s))",
-              "not streamed: code2wav after the talker")
+              f"not streamed: {STAGES[-1]} after the talker")
     t.add("time to first audio, p50 (s)", [w["ttfp"] for w in whole], [s["ttfp"] for s in streamed], 3)
     t.add("time to first audio, p99 (s)", [w["ttfp_p99"] for w in whole], [s["ttfp_p99"] for s in streamed], 3)
     t.add("first audio (streamed) / end-to-end (not streamed), p50", [w["e2e"] for w in whole],
@@ -176,6 +184,8 @@ def table(concurrency: int, jobs: int, whole: list[dict], streamed: list[dict], 
     t.add("end-to-end, p50 (s)", [w["e2e"] for w in whole], [s["e2e"] for s in streamed], 3)
     t.add("end-to-end, p99 (s)", [w["e2e_p99"] for w in whole], [s["e2e_p99"] for s in streamed], 3)
     t.add("throughput (jobs/s)", [w["jobs_per_s"] for w in whole], [s["jobs_per_s"] for s in streamed], 3)
+    t.add(f"{STAGES[-1]} worker CPU per job (s)", [w["decoder_cpu"] for w in whole],
+          [s["decoder_cpu"] for s in streamed], 3)
     t.add("streamed: audio chunks per job, p50", None, [s["chunks"] for s in streamed], 1, ratio=False)
     t.add("streamed: audio seconds per job, p50", None, [s["audio_s"] for s in streamed], 2, ratio=False)
     t.add("streamed: real-time factor (submit → last chunk / audio s), p50", None,
@@ -198,9 +208,13 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=0,
                         help="jobs per side and concurrency (default: 3 at concurrency 1, else the concurrency)")
     parser.add_argument("--thinker-tokens", type=int, default=16)
-    parser.add_argument("--talker-codes", type=int, default=100, help="codec frames per job (80 ms of audio each)")
+    parser.add_argument("--talker-codes", type=int, default=100,
+                        help="codec frames per job (80 ms of audio each for qwen3_omni, 20 ms for qwen2_5_omni)")
     parser.add_argument("--models", type=Path, default=None, help="OMNIJOBS_MODELS_DIR (default: the settings')")
+    parser.add_argument("--pipeline", default="qwen3_omni", choices=sorted(MEASURED))
     args = parser.parse_args()
+    global STREAMED, WHOLE, STAGES
+    STREAMED, WHOLE, STAGES = args.pipeline, f"{args.pipeline}_whole", MEASURED[args.pipeline]
     print(machine())
     from omnijobs.engines.factory import resolve_model_path
     from omnijobs.models.tiny import build_tiny
