@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from tests.cluster import REPO
+from tests.conftest import ARTIFACTS
 
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 OMNI = ["tiny/qwen2_5_omni/thinker", "tiny/qwen3_omni/thinker"]
@@ -94,7 +95,8 @@ def probe(request, models_dir, tmp_path_factory):
         spec["options"] = thinker_stage(request.param).options
         spec["out_dir"] = str(tmp_path_factory.mktemp("bundles"))
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
-           "VLLM_CACHE_ROOT": str(tmp_path_factory.mktemp("vllm-cache"))}
+           # As the e2e workers': vLLM inspects each model class once per cache (a subprocess, ~30 s).
+           "VLLM_CACHE_ROOT": str(ARTIFACTS / "vllm-cache")}
     proc = subprocess.run([str(VLLM_PYTHON), str(REPO / "tests" / "vllm_probe.py")], input=json.dumps(spec),
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("PROBE ")]

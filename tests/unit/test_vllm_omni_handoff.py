@@ -78,3 +78,15 @@ def test_an_intermediate_layer_is_handed_off_as_extracted():
                  ThinkerWeights(norm=torch.ones(8), eps=1e-6, special={}))
     assert torch.equal(out["prompt_hidden"], states.hidden[:, 1])
     assert out["reply_hidden"].shape == (0, 8) and out["reply_ids"].tolist() == []
+
+
+def test_the_extraction_engine_takes_its_own_engine_args():
+    from omnijobs.engines.vllm.omni import _states_engine_args
+
+    stage = load_registry().get("qwen2_5_omni").stages["thinker"]
+    assert _states_engine_args(stage) == {}
+    shared = stage.model_copy(update={"options": {"states_engine_args": {"gpu_memory_utilization": 0.3}}})
+    assert _states_engine_args(shared) == {"gpu_memory_utilization": 0.3}
+    wrong = stage.model_copy(update={"options": {"states_engine_args": {"gpu_memory_utilization": 3}}})
+    with pytest.raises(EngineDead, match="states_engine_args"):
+        _states_engine_args(wrong)

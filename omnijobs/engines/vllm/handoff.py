@@ -5,6 +5,11 @@ the media features in place), and its last entry is the final norm's output; vLL
 same inputs but the last layer's before the norm, which is applied here with the checkpoint's
 weight. `embed.<name>` rows (the talker's special embeddings, listed in handoff.json) are read
 from the checkpoint's embedding table once.
+
+NOTE: Qwen3-Omni adds deepstack visual features to the outputs of its first decoder layers at the
+image positions; transformers records those outputs before the addition, vLLM after it. A
+`hidden_layer` within those layers (the tiny build's 1; the released checkpoint reads 24, past
+them) therefore hands off image states that include the features, where transformers' do not.
 """
 
 from __future__ import annotations

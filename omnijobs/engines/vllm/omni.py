@@ -44,8 +44,14 @@ class VLLMOmniThinkerEngine(VLLMEngine):
         if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", ENV_DEFAULTS["VLLM_ENABLE_V1_MULTIPROCESSING"]) != "0":
             watch_children()
         family = family_of(path)
-        folder = thinker_folder(path)
         stage = self.ctx.stage
+        handoff_file = path / "handoff.json"
+        special = json.loads(handoff_file.read_text())["embed_tokens"] if handoff_file.exists() else {}
+        self.handoff = bool(stage.options.get("handoff", True))
+        if self.handoff and not special:
+            raise EngineDead(f"{path} has no handoff.json: the next stage needs the thinker's special embeddings")
+        states_args = _states_engine_args(stage)
+        folder = thinker_folder(path)
         self.llm = start_engine(stage, folder, self.ctx.device)
         self.tokenizer = self.llm.get_tokenizer()
         self.prompts = OmniPrompts(family, self.tokenizer, path, stage.options)
@@ -57,13 +63,8 @@ class VLLMOmniThinkerEngine(VLLMEngine):
         self.sampled: dict[str, tuple[_Live, str | None]] = {}
         self.handing: dict[str, _Handoff] = {}
         self.states = None
-        handoff_file = path / "handoff.json"
-        special = json.loads(handoff_file.read_text())["embed_tokens"] if handoff_file.exists() else {}
-        self.handoff = bool(stage.options.get("handoff", True))
         if not self.handoff:
             return
-        if not special:
-            raise EngineDead(f"{path} has no handoff.json: the next stage needs the thinker's special embeddings")
         text_config = self.llm.model_config.hf_text_config
         self.num_layers = int(text_config.num_hidden_layers)
         self.layer, self.layers = state_layers(int(stage.options.get("hidden_layer", -1)), self.num_layers)
@@ -75,7 +76,7 @@ class VLLMOmniThinkerEngine(VLLMEngine):
             architecture = omni_models.register()
         from omnijobs.engines.vllm.states import StateExtractor
 
-        self.states = StateExtractor(stage, folder, self.ctx.device, self.layers, architecture)
+        self.states = StateExtractor(stage, folder, self.ctx.device, self.layers, architecture, states_args)
 
     @property
     def free_slots(self) -> int:
@@ -152,3 +153,19 @@ class VLLMOmniThinkerEngine(VLLMEngine):
         """Whether the row goes on to the talker: handoff on, and the job asked for audio."""
         modalities = req.inputs.get("modalities")
         return self.states is not None and (not isinstance(modalities, list) or "audio" in modalities)
+
+
+def _states_engine_args(stage) -> dict[str, Any]:
+    """The extraction engine's own `engine_args` (stage option `states_engine_args`) over the stage's.
+
+    NOTE: on a GPU both engines take their share of its memory, and vLLM's default share is most
+    of it: give each one its `gpu_memory_utilization` (e.g. 0.5 in engine_args, 0.3 here).
+    """
+    from pydantic import ValidationError
+
+    from omnijobs.pipelines.spec import EngineArgs
+
+    try:
+        return EngineArgs(**(stage.options.get("states_engine_args") or {})).model_dump(exclude_none=True)
+    except (ValidationError, TypeError) as exc:
+        raise EngineDead(f"stage option states_engine_args: {exc}") from exc

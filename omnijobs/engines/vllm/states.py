@@ -11,7 +11,8 @@ norm. A file is read and deleted at once; the folder goes when the engine closes
 NOTE: vLLM keeps a worker's connector in one module global, which every engine of the process
 consults: the sampling engine, seeing the extractor's, fails its first step. With both engines in
 one process (the default), the extractor's connector is held here and put in place only while
-the extractor steps or stops; engine cores in their own processes have each their own.
+the extractor steps or stops; engine cores in their own processes have each their own. Like
+vLLM's other process globals, this assumes one thread steps the worker's vLLM engines.
 """
 
 from __future__ import annotations
@@ -38,10 +39,11 @@ class States:
 
 class StateExtractor:
     def __init__(self, stage: StageSpec, folder: Path, device: str, layers: list[int],
-                 architecture: str | None = None):
+                 architecture: str | None = None, engine_args: dict[str, Any] | None = None):
         self.layers = list(layers)
         self.dir = Path(tempfile.mkdtemp(prefix="omnijobs-states-"))
         overrides: dict[str, Any] = {
+            **(engine_args or {}),
             # NOTE: a cached prefix is not computed again; that its states stay with its blocks is
             # not something to rely on, so every request is prefilled whole.
             "enable_prefix_caching": False,
@@ -60,7 +62,6 @@ class StateExtractor:
         if architecture:
             overrides["hf_overrides"] = {"architectures": [architecture]}
         from vllm.distributed.kv_transfer import kv_transfer_state
-
         from vllm.v1.engine.core_client import InprocClient
 
         self.llm = start_engine(stage, folder, device, overrides)
