@@ -8,7 +8,10 @@ The pipelines are the shipped files under names of their own, so no other worker
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import time
 
 import pytest
 
@@ -51,6 +54,21 @@ def vomni(settings_env, tmp_path_factory):
         started += [c.start_worker(f"{name}.{s}") for name, stages in SPEECH_STAGES.items() for s in stages]
         c.wait_workers_ready(started, timeout=600)
         yield c
+        stop_all_at_once(c)
+
+
+def stop_all_at_once(cluster, grace_s: float = 5) -> None:
+    """SIGTERM every process together (one by one, their shutdowns add up); kill what outlives the grace."""
+    for proc in cluster.procs.values():
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for proc in cluster.procs.values():
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def test_qwen2_5_omni_with_the_thinker_on_vllm_answers_in_text_and_speech(vomni):
