@@ -1,8 +1,9 @@
 """Streamed chat completions with audio output through the `openai` client, on both omni pipelines.
 
 `delta.audio` carries the transcript and PCM16: Qwen3-Omni streams its talker → code2wav edge, so
-audio arrives while the talker still speaks; Qwen2.5-Omni's audio comes from the stored WAV once
-the job ends. Either way the deltas join to exactly the stored text and WAV, and a restart never
+audio arrives while the talker still speaks; this module's Qwen2.5-Omni copy has its `streams:`
+removed, so its audio comes from the stored WAV once the job ends (the route's path for pipelines
+that do not stream). Either way the deltas join to exactly the stored text and WAV, and a restart never
 splices two attempts' audio into one reply.
 """
 
@@ -45,9 +46,16 @@ def long_talker() -> str:
     return text
 
 
+def unstreamed(text: str) -> str:
+    """The pipeline with its streamed edges made plain: audio only once the job has ended."""
+    text, n = re.subn(r"^\s+streams:.*\n", "", text, flags=re.M)
+    assert n == 1
+    return text
+
+
 @pytest.fixture(scope="module")
 def omni(settings_env, tmp_path_factory):
-    pipelines = {Q3: long_talker(), Q25: renamed("qwen2_5_omni", Q25)}
+    pipelines = {Q3: long_talker(), Q25: unstreamed(renamed("qwen2_5_omni", Q25))}
     with isolated_cluster(settings_env, ARTIFACTS / "e2e-logs-openai-chat-audio-stream", pipelines,
                           tmp_path_factory.mktemp("chat-audio-pipelines")) as c:
         c.start_reconciler()  # re-queues the stage runs of a killed worker
