@@ -127,6 +127,10 @@ class VLLMEngine(Engine):
 
     # ------------------------------------------------------------------ batch
 
+    def _in_flight(self) -> list[str]:
+        """Run ids this engine still holds (what a cancel may abort)."""
+        return list(self.live)
+
     def run(self, batch: list[StageRequest]) -> list[RowResult]:
         results: dict[str, RowResult] = {}
         for req in batch:
@@ -134,7 +138,7 @@ class VLLMEngine(Engine):
             if refused is not None:
                 results[req.run_id] = refused
         while any(req.run_id not in results for req in batch):
-            canceled = [run_id for run_id in self.live if self.ctx.should_stop(run_id)]
+            canceled = [run_id for run_id in self._in_flight() if self.ctx.should_stop(run_id)]
             for req, result in self.abort(canceled) + self.step():
                 results[req.run_id] = result
         return [results[req.run_id] for req in batch]

@@ -126,17 +126,8 @@ class VLLMOmniThinkerEngine(VLLMEngine):
             ended += [(h.req, h.result) for h in (self.handing.pop(r) for r in handing)]
         return ended
 
-    def run(self, batch: list[StageRequest]) -> list[RowResult]:
-        results: dict[str, RowResult] = {}
-        for req in batch:
-            refused = self.add(req)
-            if refused is not None:
-                results[req.run_id] = refused
-        while any(req.run_id not in results for req in batch):
-            canceled = [r for r in [*self.live, *self.handing] if self.ctx.should_stop(r)]
-            for req, result in self.abort(canceled) + self.step():
-                results[req.run_id] = result
-        return [results[req.run_id] for req in batch]
+    def _in_flight(self) -> list[str]:
+        return [*self.live, *self.handing]
 
     def close(self) -> None:
         super().close()

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from omnijobs.engines.base import Media, StageRequest
-from omnijobs.engines.vllm.prompts import DEFAULT_SYSTEM, Prompt
-from omnijobs.errors import EngineDead, FatalStageError
+from omnijobs.engines.vllm.prompts import DEFAULT_SYSTEM, ChatTokens, Prompt
+from omnijobs.errors import FatalStageError
 
 AUDIO_RATE = 16000
 
@@ -68,7 +68,7 @@ class OmniPrompt(Prompt):
         return prompt
 
 
-class OmniPrompts:
+class OmniPrompts(ChatTokens):
     def __init__(self, family: str, tokenizer, model_path, options: dict[str, Any]):
         from transformers import Qwen2VLImageProcessorPil, WhisperFeatureExtractor
 
@@ -83,16 +83,6 @@ class OmniPrompts:
     def media_ids(self) -> list[int]:
         """The placeholder ids the transformers thinkers mark as media in the hand-off (image, audio)."""
         return [self.ids["image"], self.ids["audio"]]
-
-    def _token_id(self, token: str) -> int:
-        tid = self.tokenizer.convert_tokens_to_ids(token)
-        if tid is None or tid == self.tokenizer.unk_token_id:
-            raise EngineDead(f"the tokenizer lacks the special token {token}")
-        return tid
-
-    def _encode(self, text: str, user: bool = False) -> list[int]:
-        # User text never turns into control tokens, whatever it contains.
-        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=user)["input_ids"]
 
     def build(self, req: StageRequest) -> OmniPrompt:
         from omnijobs.engines.media_features import decode_image, decode_wav

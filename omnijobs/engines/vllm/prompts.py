@@ -51,14 +51,10 @@ class TextPrompts:
         return Prompt(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-class VisionPrompts:
-    """Qwen2.5-VL: system and user turns around one placeholder per image; vLLM expands each one."""
+class ChatTokens:
+    """Token ids of chat-template pieces, for prompt builders that assemble ids themselves."""
 
-    def __init__(self, tokenizer, options: dict[str, Any]):
-        self.tokenizer = tokenizer
-        self.system = options.get("system_prompt", DEFAULT_SYSTEM)
-        self.ids = {name: self._token_id(token) for name, token in VL_TOKENS.items()}
-        self.im_start, self.im_end = self._token_id("<|im_start|>"), self._token_id("<|im_end|>")
+    tokenizer: Any
 
     def _token_id(self, token: str) -> int:
         tid = self.tokenizer.convert_tokens_to_ids(token)
@@ -67,7 +63,18 @@ class VisionPrompts:
         return tid
 
     def _encode(self, text: str, user: bool = False) -> list[int]:
+        # User text never turns into control tokens, whatever it contains.
         return self.tokenizer(text, add_special_tokens=False, split_special_tokens=user)["input_ids"]
+
+
+class VisionPrompts(ChatTokens):
+    """Qwen2.5-VL: system and user turns around one placeholder per image; vLLM expands each one."""
+
+    def __init__(self, tokenizer, options: dict[str, Any]):
+        self.tokenizer = tokenizer
+        self.system = options.get("system_prompt", DEFAULT_SYSTEM)
+        self.ids = {name: self._token_id(token) for name, token in VL_TOKENS.items()}
+        self.im_start, self.im_end = self._token_id("<|im_start|>"), self._token_id("<|im_end|>")
 
     def build(self, req: StageRequest) -> Prompt:
         from omnijobs.engines.media_features import decode_image
