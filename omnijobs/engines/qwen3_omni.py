@@ -6,20 +6,18 @@ from typing import ClassVar
 
 import torch
 from transformers import (
-    LogitsProcessorList,
     Qwen3OmniMoeCode2Wav,
     Qwen3OmniMoeTalkerForConditionalGeneration,
     Qwen3OmniMoeThinkerForConditionalGeneration,
-    StoppingCriteriaList,
 )
 
 from omnijobs.engines.base import Engine, RowResult, StageRequest
 from omnijobs.engines.chunked_audio import ChunkedAudio, Window
 from omnijobs.engines.multimodal_lm import MultimodalLMEngine
-from omnijobs.engines.omni_glue import qwen3_talker_row
+from omnijobs.engines.omni_glue import TalkerRow, qwen3_talker_row
 from omnijobs.engines.qwen_omni import _bundle, _load
-from omnijobs.engines.sampling import RowSampler, RowStop
-from omnijobs.engines.talker import MinCodes, code_stream, collate, talker_sampling
+from omnijobs.engines.qwen3_talker_loop import LoopRow, TalkerLoop
+from omnijobs.engines.talker import talker_sampling
 from omnijobs.engines.torch_runtime import torch_device
 from omnijobs.errors import FatalStageError
 
@@ -50,7 +48,14 @@ class Qwen3OmniThinkerEngine(MultimodalLMEngine):
 
 class Qwen3OmniTalkerEngine(Engine):
     """Thinker states → multi-codebook codes (G, T): the talker draws the first group, its code
-    predictor the other G-1 at every step."""
+    predictor the other G-1 at every step.
+
+    Rows join and leave between steps (add / step / abort, engines/qwen3_talker_loop.py): the
+    worker runs it in its continuous loop, so a job that arrives while others are speaking starts
+    at the next step, and its first codes (and first audio, where code2wav streams them) come
+    without waiting for the others to end. Where code2wav reads `codes` as a stream, each row's
+    frames go out as they are made: `first_chunk` frames, then `chunk`, the rest with the end mark.
+    """
 
     def load(self) -> None:
         self.device = torch_device(self.ctx.device)
@@ -68,67 +73,91 @@ class Qwen3OmniTalkerEngine(Engine):
         # The top 1024 ids are control tokens; only end-of-speech may be sampled among them.
         self.suppress = [i for i in range(vocab - 1024, vocab) if i != cfg.codec_eos_token_id]
         self.eos_ids = [cfg.codec_eos_token_id]
+        self.max_seqs = self.ctx.stage.batch.max_size
+        self.loop = TalkerLoop(self.model, self.device, self.suppress, cfg.codec_eos_token_id)
+        self.stream = self.ctx.chunks.outgoing.get("codes") if self.ctx.chunks is not None else None
+        self._joining: list[tuple[StageRequest, TalkerRow, dict]] = []
+        self._sent: dict[str, int] = {}  # frames of each streamed row already sent
+
+    # ------------------------------------------------------------------ request by request
+
+    def add(self, req: StageRequest) -> RowResult | None:
+        speakers = self.model.config.speaker_id or {}
+        try:
+            speaker = str(req.params.get("speaker", "ethan")).lower()
+            if speaker not in speakers:
+                raise FatalStageError(f"unknown speaker {speaker!r}; this model has {', '.join(sorted(speakers))}")
+            with torch.no_grad():
+                row = qwen3_talker_row(_bundle(req), speakers[speaker], self.model)
+            self._joining.append((req, row, talker_sampling(req.run_id, req.params)))
+        except FatalStageError as exc:
+            return exc
+        return None
+
+    def step(self) -> list[tuple[StageRequest, RowResult]]:
+        ended = []
+        with torch.no_grad():
+            if self._joining:
+                reqs, rows, samplings = zip(*self._joining, strict=True)
+                self._joining = []
+                ended += self.loop.join(list(reqs), list(rows), list(samplings))
+            if self.loop.rows:
+                ended += self.loop.step()
+        self._emit(ended)
+        return [(r.req, self._result(r)) for r in ended]
+
+    def abort(self, run_ids) -> list[tuple[StageRequest, RowResult]]:
+        run_ids = set(run_ids)
+        gone = [req for req, _, _ in self._joining if req.run_id in run_ids]
+        self._joining = [j for j in self._joining if j[0].run_id not in run_ids]
+        gone += [r.req for r in self.loop.abort(run_ids)]
+        for req in gone:
+            self._sent.pop(req.run_id, None)
+        return [(req, FatalStageError("canceled")) for req in gone]
+
+    # ------------------------------------------------------------------ a whole batch
 
     def run(self, batch: list[StageRequest]) -> list[RowResult]:
-        results: list[RowResult | None] = [None] * len(batch)
-        rows, sampling, live = [], [], []
-        speakers = self.model.config.speaker_id or {}
-        for i, req in enumerate(batch):
-            try:
-                speaker = str(req.params.get("speaker", "ethan")).lower()
-                if speaker not in speakers:
-                    raise FatalStageError(f"unknown speaker {speaker!r}; this model has {', '.join(sorted(speakers))}")
-                with torch.no_grad():
-                    rows.append(qwen3_talker_row(_bundle(req), speakers[speaker], self.model))
-                sampling.append(talker_sampling(req.run_id, req.params))
-                live.append(i)
-            except FatalStageError as exc:
-                results[i] = exc
-                rows = rows[: len(live)]
-        if not live:
-            return results
-        m = self.model
-        enc = collate(rows, 0, self.device)
-        extra = {k: enc[k] for k in ("image_grid_thw", "audio_feature_lengths") if k in enc}
-        m.rope_deltas = None
-        streamed = code_stream(self.ctx, "codes", [batch[i] for i in live], [s["max_tokens"] for s in sampling],
-                               self.eos_ids, 0)
-        hook = m.register_forward_hook(streamed.capture) if streamed else None
+        results: dict[str, RowResult] = {}
+        for req in batch:
+            error = self.add(req)
+            if error is not None:
+                results[req.run_id] = error
         try:
-            out = self._generate(m, enc, sampling, batch, live, extra, streamed)
+            while self._joining or self.loop.rows:
+                stop = [r.req.run_id for r in self.loop.rows if self.ctx.should_stop(r.req.run_id)]
+                stop += [req.run_id for req, _, _ in self._joining if self.ctx.should_stop(req.run_id)]
+                results.update((req.run_id, result) for req, result in self.abort(stop))
+                results.update((req.run_id, result) for req, result in self.step())
         finally:
-            if hook is not None:
-                hook.remove()
-        # Step k's residual codes complete the first-group code drawn at step k-1.
-        residuals = [h[-1] for h in out.hidden_states if h[-1] is not None]
-        groups = torch.stack(residuals, dim=1) if residuals else torch.zeros((len(live), 0, m.config.num_code_groups))
-        for j, i in enumerate(live):
-            first = out.sequences[j].tolist()[: sampling[j]["max_tokens"]]
-            end = next((k for k, c in enumerate(first) if c in self.eos_ids), len(first))
-            end = min(end, groups.shape[1])
-            codes = groups[j, :end].T.contiguous().long().cpu()  # (G, T)
-            results[i] = {"codes": {"codes": codes}, "usage": {"codes": int(end)}}
-        if streamed:
-            streamed.finish([results[i]["codes"]["codes"] for i in live])
-        return results
+            self.abort([r.req.run_id for r in self.loop.rows] + [req.run_id for req, _, _ in self._joining])
+        return [results[req.run_id] for req in batch]
 
-    def _generate(self, m, enc, sampling, batch, live, extra, streamed):
-        with torch.no_grad():
-            return m.generate(
-                inputs_embeds=enc["inputs_embeds"], attention_mask=enc["attention_mask"],
-                talker_input_ids=enc["input_ids"], trailing_text_hidden=enc["text"], tts_pad_embed=enc["pad"],
-                max_new_tokens=max(s["max_tokens"] for s in sampling), do_sample=False,
-                eos_token_id=self.eos_ids, pad_token_id=m.config.codec_pad_id, suppress_tokens=self.suppress,
-                output_hidden_states=True, return_dict_in_generate=True,
-                logits_processor=LogitsProcessorList([
-                    MinCodes(0, [s["min_tokens"] for s in sampling], self.eos_ids),
-                    RowSampler(sampling, self.eos_ids),
-                ]),
-                stopping_criteria=StoppingCriteriaList([RowStop(
-                    0, [s["max_tokens"] for s in sampling], [batch[i].run_id for i in live], self.ctx.should_stop),
-                    *([streamed] if streamed else [])]),
-                **extra,
-            )
+    # ------------------------------------------------------------------ inside
+
+    def _result(self, r: LoopRow) -> RowResult:
+        codes = torch.stack(r.frames, dim=1).long() if r.frames else torch.zeros((self.loop.groups, 0), dtype=torch.long)
+        return {"codes": {"codes": codes}, "usage": {"codes": int(codes.shape[1])}}
+
+    def _emit(self, ended: list[LoopRow]) -> None:
+        """Send the whole chunks each row gained this step; an ended row's rest goes with the end mark."""
+        if self.stream is None:
+            return
+        out = []
+        for r in [*self.loop.rows, *ended]:
+            sent = self._sent.get(r.req.run_id, 0)
+            size = (self.stream.first_chunk or self.stream.chunk) if sent == 0 else self.stream.chunk
+            while len(r.frames) - sent >= size:
+                out.append((r.req, "codes", torch.stack(r.frames[sent: sent + size], dim=1), False))
+                sent, size = sent + size, self.stream.chunk
+            if r.ended:
+                rest = torch.stack(r.frames[sent:], dim=1) if len(r.frames) > sent else None
+                out.append((r.req, "codes", rest, True))
+                self._sent.pop(r.req.run_id, None)
+            else:
+                self._sent[r.req.run_id] = sent
+        if out:
+            self.ctx.chunks.emit_many(out)
 
 
 class Qwen3OmniCode2WavEngine(Engine):

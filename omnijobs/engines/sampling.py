@@ -85,6 +85,20 @@ class RowSampler(LogitsProcessor):
         out.scatter_(1, chosen.to(scores.device).unsqueeze(1), 0.0)
         return out
 
+    # A batch whose rows join and leave between steps keeps each row's stream where it is.
+
+    def subset(self, keep: list[int]) -> RowSampler:
+        """A sampler of these rows (by index), their streams as drawn so far."""
+        out = RowSampler([self.rows[i] for i in keep], self.stop_ids)
+        out.streams.state = self.streams.state[keep]
+        return out
+
+    def concat(self, other: RowSampler) -> RowSampler:
+        """A sampler of these rows followed by the other's, each stream as drawn so far."""
+        out = RowSampler(self.rows + other.rows, self.stop_ids)
+        out.streams.state = np.concatenate([self.streams.state, other.streams.state])
+        return out
+
     def _draw(self, logits: torch.Tensor) -> torch.Tensor:
         # numpy: its sort is several times faster than torch's on CPU at these sizes.
         probs = torch.softmax(logits / self.temperature.unsqueeze(1), dim=-1).numpy()

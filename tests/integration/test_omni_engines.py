@@ -248,7 +248,7 @@ def test_qwen3_omni_thinker_talker_code2wav(models):
         StageRequest("t2", {"hidden": results[2]["hidden"]}, {"max_tokens": 8, "min_tokens": 4, "seed": 3}),
     ])
     codes = [t["codes"]["codes"] for t in talked]
-    assert codes[0].shape[0] == groups and codes[0].shape[1] == 9  # the last drawn code has no residuals yet
+    assert codes[0].shape == (groups, 10)  # max_tokens frames, each with its residual codes
     assert all(c.shape[0] == groups and c.shape[1] >= 1 for c in codes)
 
     c2w = engine(models, "qwen3_omni_code2wav", "tiny/qwen3_omni/code2wav")
@@ -339,3 +339,82 @@ def test_tiny_models_are_shaped_for_vllm(models):
     assert texts["tiny/qwen3_omni/thinker"]["shared_expert_intermediate_size"] == 0
     talker = config("tiny/qwen3_omni/talker")["text_config"]
     assert talker["shared_expert_intermediate_size"] == 2 * talker["moe_intermediate_size"]
+
+
+def _generate_codes(talker, reqs):
+    """Reference: the same rows through transformers' own `generate` (the talker's codes, (G, T) per row)."""
+    from transformers import LogitsProcessorList, StoppingCriteriaList
+
+    from omnijobs.engines.omni_glue import qwen3_talker_row
+    from omnijobs.engines.qwen_omni import _bundle
+    from omnijobs.engines.sampling import RowSampler, RowStop
+    from omnijobs.engines.talker import MinCodes, collate, talker_sampling
+
+    m = talker.model
+    rows = [qwen3_talker_row(_bundle(r), m.config.speaker_id["ethan"], m) for r in reqs]
+    sampling = [talker_sampling(r.run_id, r.params) for r in reqs]
+    enc = collate(rows, 0, "cpu")
+    extra = {k: enc[k] for k in ("image_grid_thw", "audio_feature_lengths") if k in enc}
+    m.rope_deltas = None
+    with torch.no_grad():
+        out = m.generate(
+            inputs_embeds=enc["inputs_embeds"], attention_mask=enc["attention_mask"], talker_input_ids=enc["input_ids"],
+            trailing_text_hidden=enc["text"], tts_pad_embed=enc["pad"], do_sample=False,
+            max_new_tokens=max(s["max_tokens"] for s in sampling), eos_token_id=talker.eos_ids,
+            pad_token_id=m.config.codec_pad_id, suppress_tokens=talker.suppress, output_hidden_states=True,
+            return_dict_in_generate=True,
+            logits_processor=LogitsProcessorList([MinCodes(0, [s["min_tokens"] for s in sampling], talker.eos_ids),
+                                                  RowSampler(sampling, talker.eos_ids)]),
+            stopping_criteria=StoppingCriteriaList([RowStop(0, [s["max_tokens"] for s in sampling],
+                                                            [r.run_id for r in reqs], lambda _: False)]),
+            **extra)
+    groups = torch.stack([h[-1] for h in out.hidden_states if h[-1] is not None], dim=1)
+    codes = []
+    for j, s in enumerate(sampling):
+        first = out.sequences[j].tolist()[: s["max_tokens"]]
+        end = min(next((k for k, c in enumerate(first) if c in talker.eos_ids), len(first)), groups.shape[1])
+        codes.append(groups[j, :end].T.long())
+    return codes
+
+
+def test_qwen3_talker_loop_matches_generate_whatever_joins(models):
+    """The talker's own decode loop draws the codes transformers' `generate` draws for the same rows
+    (media rows, greedy and sampled, own lengths), and a row's codes do not depend on which rows
+    it ran with or when it joined."""
+    thinker = engine(models, "qwen3_omni_thinker", "tiny/qwen3_omni/thinker", options={"hidden_layer": 1})
+    batch = thinker_batch() + [StageRequest(f"r{k}", {"prompt": PROMPTS[k % 3] * (k - 1)}, {"max_tokens": 6, "seed": k})
+                               for k in range(3, 6)]
+    hidden = [r["hidden"] for r in thinker.run(batch)]
+    talker = engine(models, "qwen3_omni_talker", "tiny/qwen3_omni/talker")
+    reqs = [StageRequest(f"t{k}", {"hidden": h}, {"max_tokens": 12 + 3 * k, "min_tokens": 3, "seed": 10 + k,
+                                                   "temperature": 0.0 if k % 3 == 0 else 0.9,
+                                                   "top_p": 1.0 if k % 2 else 0.8})
+            for k, h in enumerate(hidden)]
+    reference = _generate_codes(talker, reqs)
+    together = [r["codes"]["codes"] for r in talker.run(reqs)]
+    for ref, got, req in zip(reference, together, reqs, strict=True):
+        # `generate` stops with the longest row's last code still without residuals: a frame short.
+        assert got.shape[1] == ref.shape[1] or got.shape[1] == ref.shape[1] + 1 == req.params["max_tokens"]
+        assert torch.equal(got[:, : ref.shape[1]], ref)
+    # Rows joining a running batch at different steps, in another order.
+    solo = {}
+    waves = [[4], [0, 5], [2], [3, 1]]
+    for wave_ in waves:
+        for req in (reqs[k] for k in wave_):
+            assert talker.add(req) is None
+        for req, result in talker.step():
+            solo[req.run_id] = result["codes"]["codes"]
+    while talker.loop.rows:
+        for req, result in talker.step():
+            solo[req.run_id] = result["codes"]["codes"]
+    for got, req in zip(together, reqs, strict=True):
+        assert torch.equal(solo[req.run_id], got), req.run_id
+    # A canceled row leaves the batch; the others go on unchanged.
+    for req in reqs[:3]:
+        talker.add(req)
+    talker.step()
+    assert [r.run_id for r, _ in talker.abort({"t1"})] == ["t1"]
+    rest = {}
+    while talker.loop.rows:
+        rest.update((req.run_id, result["codes"]["codes"]) for req, result in talker.step())
+    assert set(rest) == {"t0", "t2"} and all(torch.equal(rest[k], solo[k]) for k in rest)
