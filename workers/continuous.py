@@ -23,6 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from omnijobs.dispatch import publish_committed
 from omnijobs.engines.base import StageRequest
 from omnijobs.errors import EngineDead, RetryableStageError
 from workers.consumer import Delivery, _close_quietly, _parse
@@ -123,14 +124,16 @@ class ContinuousLoop:
             return
         runner = self.runner
         try:
-            claimed = runner.store.claim([(d.run_id, d.attempt) for d in deliveries], self.worker_name,
-                                         uuid.uuid4().hex[:16], runner.lease_s)
+            claimed, side = runner.store.claim_batch([(d.run_id, d.attempt) for d in deliveries], self.worker_name,
+                                                     uuid.uuid4().hex[:16], runner.lease_s)
         except Exception:
             log.exception("could not claim %d run(s) of %s; requeued", len(deliveries), self.queue_name)
             for d in deliveries:
                 d.message.requeue()
             self.stop.wait(0.5)
             return
+        # Stages fed by a stream from these runs start now, beside them (as the batch loop does).
+        publish_committed(runner.store, runner.publisher, side)
         ours = {str(c.id) for c in claimed}
         for d in deliveries:  # duplicates and stale deliveries: nothing to run, nothing to keep
             if d.run_id not in ours:

@@ -149,8 +149,8 @@ def test_qwen3_omni_end_to_end(omni):
         job = wait_job(http, job_id, timeout=120)
         assert job["status"] == "succeeded", job
         rate, frames = download_wav(http, job)
-        # 5 codes with residuals (the 6th has none yet), 1920 samples each less the causal decoder's tail.
-        assert rate == 24000 and 0 < frames <= 5 * 1920
+        # 6 frames (max_tokens), 1920 samples each less the causal decoder's tail.
+        assert rate == 24000 and frames == 6 * 1920 - 555
 
 
 def test_qwen2_5_vl_two_images_to_text(omni):

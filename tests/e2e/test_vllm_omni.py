@@ -116,6 +116,6 @@ def test_qwen3_omni_with_the_thinker_on_vllm_answers_in_text_and_speech(vomni):
         assert job["status"] == "succeeded", job
         assert isinstance(job["outputs"]["text"], str) and job["outputs"]["text"]
         rate, frames = download_wav(http, job)
-    # 5 codes with residuals (the 6th has none yet), 1920 samples each less the causal decoder's tail.
-    assert rate == 24000 and 0 < frames <= 5 * 1920
+    # 6 frames (max_tokens), 1920 samples each less the causal decoder's tail.
+    assert rate == 24000 and frames == 6 * 1920 - 555
     assert [w["engine"] for w in workers if w.get("stage") == "vllm_qwen3_omni.thinker"] == ["vllm_omni_thinker"]
