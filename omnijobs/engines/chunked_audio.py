@@ -3,9 +3,10 @@
 Rows join and leave one by one (`add`, `step`, `abort`), so a worker can keep decoding the rows it
 has while new jobs' streams start: the continuous loop feeds it from the queue, and `run` serves a
 plain batch the same way. Each step reads whatever frames the rows' streams gained, then decodes
-the pending frames of the rows that have enough (`first_chunk` frames first, then `chunk`, each
-once `lookahead` frames beyond it exist; all that is left once the upstream's end mark came) in ONE
-batched decoder call, the rows that have played least first. Each decoded piece goes out at once
+the pending frames of the rows that are due (`first_chunk` frames first, each once `lookahead`
+frames beyond it exist; then whole chunks, paced by how much audio the row's listener has in hand;
+all that is left once the upstream's end mark came) in ONE batched decoder call, the rows that have
+played least first. Each decoded piece goes out at once
 as an `audio` event (16-bit PCM, base64, with its sample offset), and the stored WAV is exactly
 those pieces joined, so a client that listened holds the same samples as the recorded output.
 
@@ -43,6 +44,9 @@ MAX_WINDOW = 300
 # window. Every window is decoded with left context, so fewer, longer windows cost less compute,
 # and a listener still never runs dry (a row whose upstream ended is finished at once).
 PLAY_AHEAD_S = 1.0
+# ...unless the listener is about to run dry (less than this much audio ahead of it): then whatever
+# whole chunks have come are decoded at once, however few.
+LOW_WATER_S = 0.3
 
 
 @dataclass
@@ -107,13 +111,16 @@ class ChunkedAudio:
     def __init__(self, ctx: EngineContext, port: str, groups: int, rate: int,
                  decode: Callable[[list[Window]], list[np.ndarray]],
                  window: Callable[[int, int, int], tuple[int, int, int, int]],
-                 lookahead: int = 0, max_rows: int = 64, max_window: int = MAX_WINDOW):
+                 lookahead: int = 0, max_rows: int = 64, max_window: int = MAX_WINDOW, min_window: int = 0):
         self.ctx, self.port, self.groups, self.rate = ctx, port, groups, rate
         self.decode, self.window, self.lookahead, self.max_rows = decode, window, lookahead, max_rows
         self.max_window = max_window
         stream = ctx.stage.streams.get(port)
         self.chunk = stream.chunk if stream else max_window
         self.first = (stream.first_chunk or stream.chunk) if stream else max_window
+        # After the first piece, windows of at least this many frames (each pays its left context
+        # once), in whole chunks of the stream.
+        self.window_min = max(self.chunk, -(-min_window // self.chunk) * self.chunk)
         # Audio events only for stages that stream (their clients listen for them).
         self.events = ctx.chunks if stream is not None else None
         self.rows: dict[str, _Row] = {}
@@ -164,7 +171,7 @@ class ChunkedAudio:
             if any(self._due(r, now) for r in rows):
                 wait_ms = 1
             else:  # wake no later than a paced row's turn
-                wait_ms = min([wait_ms, *(self._paced_ms(r, now) for r in rows if self._full(r))])
+                wait_ms = min([wait_ms, *(self._wake_ms(r, now) for r in rows)])
             self.ctx.chunks.read(waiting, max(1, int(wait_ms)))
             self._take(rows)
             self._restart()
@@ -247,26 +254,30 @@ class ChunkedAudio:
             return False
         if r.ended:
             return True
-        return self._full(r) and self._paced_ms(r, now) <= 0
+        return self._wake_ms(r, now) <= 0
 
-    def _full(self, r: _Row) -> bool:
-        """Whether the row's next chunk has all its frames (and their look-ahead)."""
-        return self._ready(r) - r.done >= (self.first if r.done == 0 else self.chunk)
-
-    def _paced_ms(self, r: _Row, now: float) -> float:
-        """Milliseconds until the row's audio sent is only PLAY_AHEAD_S ahead of its playback (≤ 0: now)."""
+    def _wake_ms(self, r: _Row, now: float) -> float:
+        """Milliseconds until the row is due (≤ 0: now; inf: it needs more frames first). The first
+        piece is due once `first_chunk` frames are ready; later ones once a whole window is ready
+        and the audio sent is only PLAY_AHEAD_S ahead of a player that started with the first
+        piece, or once any whole chunk is ready and the player is about to run dry."""
+        pending = self._ready(r) - r.done
         if r.done == 0:
-            return 0.0
+            return 0.0 if pending >= self.first else float("inf")
         ahead = r.samples / self.rate - (now - r.began)
-        return (ahead - PLAY_AHEAD_S) * 1000.0
+        if pending >= self.window_min:
+            return (ahead - PLAY_AHEAD_S) * 1000.0
+        if pending >= self.chunk:
+            return (ahead - LOW_WATER_S) * 1000.0
+        return float("inf")
 
     def _decode(self, work: list[_Row]) -> None:
         windows = []
         for r in work:
-            size = self.first if r.done == 0 else self.chunk
             pending = self._ready(r) - r.done
             # Whole chunks while the stream runs (so chunk edges match the spec); the rest at the end.
-            take = pending if r.ended else pending - pending % size
+            lead = self.first if r.done == 0 else 0
+            take = pending if r.ended else lead + (pending - lead) - (pending - lead) % self.chunk
             end = r.done + min(take, self.max_window)
             first, last, skip, keep = self.window(r.done, end, r.frames.shape[1])
             windows.append(Window(r.req, r.frames[:, first:last], first, last, r.done, end, skip, keep))

@@ -22,15 +22,22 @@ from omnijobs.engines.torch_runtime import torch_device
 from omnijobs.errors import FatalStageError
 
 OUTPUT_RATE = 24000
-# Frames of left context a window is decoded with: enough for the decoder's receptive field
-# (measured on the tiny model: the window's samples equal the whole decode's to 6e-8).
+# Frames of left context the decoder's transformer reads before a window (measured on the tiny
+# model: its states then equal the whole sequence's to 1.2e-7).
 LEFT_CONTEXT = 25
+# The convolutions after it, which hold nearly all of the decoder's compute (76 of 77 ms for 100
+# frames on the tiny model), are run over the window plus only as many frames as they reach back:
+# that reach is measured at load (6 frames for the released layout), at most this many.
+CONV_REACH_MAX = 24
 # Rows and frames per decoder call, unless the stage's options say otherwise (`decode_rows`,
 # `decode_frames`): on a CPU the decoder is compute-bound and gains nothing from bigger calls
 # (measured, tiny model, one thread, ms of CPU per row-frame: 1.56 at 1 row × 100 frames, 1.45 at
 # 2 × 100, 2.13 at 4 × 100, 2.17 at 8 × 100, 1.99 at 1 × 300, 4.79 at 8 × 300). A GPU batches.
 DECODE_ROWS = 2
 DECODE_FRAMES = 100
+# While a stream runs, a window after the first holds at least this many new frames (unless its
+# listener is about to run dry): every window is decoded with LEFT_CONTEXT frames before it.
+DECODE_MIN_FRAMES = 25
 
 
 class Qwen3OmniThinkerEngine(MultimodalLMEngine):
@@ -185,11 +192,13 @@ class Qwen3OmniCode2WavEngine(Engine):
             one = self.model(torch.zeros((1, cfg.num_quantizers, 1), dtype=torch.long, device=self.device))
         # Samples a decode of n frames is short of n·upsample (the convolutions' trailing delay).
         self.tail = self.per_code - int(one.shape[-1])
+        self.conv_reach = self._conv_reach()
         self.max_seqs = self.ctx.stage.batch.max_size
         options = self.ctx.stage.options
         self.audio = ChunkedAudio(self.ctx, "codes", cfg.num_quantizers, OUTPUT_RATE, self._decode, self._window,
                                   max_rows=int(options.get("decode_rows", DECODE_ROWS)),
-                                  max_window=int(options.get("decode_frames", DECODE_FRAMES)))
+                                  max_window=int(options.get("decode_frames", DECODE_FRAMES)),
+                                  min_window=int(options.get("decode_min_frames", DECODE_MIN_FRAMES)))
 
     # ------------------------------------------------------------------ request by request
 
@@ -248,6 +257,8 @@ class Qwen3OmniCode2WavEngine(Engine):
         return first, end, skip, (end - first) * self.per_code - self.tail
 
     def _decode(self, windows: list[Window]) -> list:
+        """Decode the windows in one call: the transformer over each window and its LEFT_CONTEXT,
+        the convolutions over the window and their reach only."""
         cfg = self.model.config
         for w in windows:
             if w.codes.numel() and (int(w.codes.min()) < 0 or int(w.codes.max()) >= cfg.codebook_size):
@@ -256,6 +267,51 @@ class Qwen3OmniCode2WavEngine(Engine):
         padded = torch.zeros((len(windows), cfg.num_quantizers, width), dtype=torch.long)
         for j, w in enumerate(windows):
             padded[j, :, : w.codes.shape[1]] = w.codes
+        # Rows are right-padded: the decoder is causal, so padding changes nothing before it.
+        starts = [max(w.first, w.start - self.conv_reach) for w in windows]
         with torch.no_grad():
-            wavs = self.model(padded.to(self.device))
-        return [wavs[j].reshape(-1)[w.skip:w.keep].float().cpu().numpy() for j, w in enumerate(windows)]
+            states = self._states(padded.to(self.device))
+            reach = max(w.last - a for w, a in zip(windows, starts, strict=True))
+            cut = torch.zeros((len(windows), reach, states.shape[2]), dtype=states.dtype, device=states.device)
+            for j, (w, a) in enumerate(zip(windows, starts, strict=True)):
+                cut[j, : w.last - a] = states[j, a - w.first: w.last - w.first]
+            wavs = self._convolve(cut)
+        out = []
+        for j, (w, a) in enumerate(zip(windows, starts, strict=True)):
+            skip = (w.start - a) * self.per_code - self.tail if w.start else 0
+            out.append(wavs[j].reshape(-1)[skip:(w.end - a) * self.per_code - self.tail].float().cpu().numpy())
+        return out
+
+    # The model's forward in its two parts (embedding + transformer, then the convolutions).
+
+    def _states(self, codes: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        hidden = m.code_embedding(codes + m.code_offset).mean(1)
+        return m.pre_transformer(inputs_embeds=hidden).last_hidden_state
+
+    def _convolve(self, states: torch.Tensor) -> torch.Tensor:
+        hidden = states.permute(0, 2, 1)
+        for blocks in self.model.upsample:
+            for block in blocks:
+                hidden = block(hidden)
+        for block in self.model.decoder:
+            hidden = block(hidden)
+        return hidden.clamp(min=-1, max=1)
+
+    def _conv_reach(self) -> int:
+        """Frames of states the convolutions read before a frame's samples: the fewest with which a
+        window's samples equal those of the convolutions run from the start (seeded codes)."""
+        cfg = self.model.config
+        generator = torch.Generator().manual_seed(0)
+        codes = torch.randint(0, cfg.codebook_size, (1, cfg.num_quantizers, CONV_REACH_MAX + 12), generator=generator)
+        start, end = CONV_REACH_MAX + 4, CONV_REACH_MAX + 12
+        with torch.no_grad():
+            states = self._states(codes.to(self.device))
+            whole = self._convolve(states).reshape(-1)
+            ref = whole[start * self.per_code - self.tail: end * self.per_code - self.tail]
+            for reach in range(1, CONV_REACH_MAX + 1):
+                piece = self._convolve(states[:, start - reach: end]).reshape(-1)
+                piece = piece[reach * self.per_code - self.tail: (end - start + reach) * self.per_code - self.tail]
+                if float((piece - ref).abs().max()) <= 1e-6:
+                    return reach
+        return LEFT_CONTEXT
