@@ -111,10 +111,12 @@ class ChunkedAudio:
     def __init__(self, ctx: EngineContext, port: str, groups: int, rate: int,
                  decode: Callable[[list[Window]], list[np.ndarray]],
                  window: Callable[[int, int, int], tuple[int, int, int, int]],
-                 lookahead: int = 0, max_rows: int = 64, max_window: int = MAX_WINDOW, min_window: int = 0):
+                 lookahead: int = 0, max_rows: int = 64, max_window: int = MAX_WINDOW, min_window: int = 0,
+                 call_frames: int | None = None):
         self.ctx, self.port, self.groups, self.rate = ctx, port, groups, rate
         self.decode, self.window, self.lookahead, self.max_rows = decode, window, lookahead, max_rows
-        self.max_window = max_window
+        # New frames one decoder call takes, all its rows together (None: max_rows × max_window).
+        self.max_window, self.call_frames = max_window, call_frames
         stream = ctx.stage.streams.get(port)
         self.chunk = stream.chunk if stream else max_window
         self.first = (stream.first_chunk or stream.chunk) if stream else max_window
@@ -178,7 +180,7 @@ class ChunkedAudio:
         now = time.monotonic()
         due = sorted((r for r in rows if self._due(r, now)), key=lambda r: (r.samples, r.order))
         if due:
-            self._decode(due[: self.max_rows])
+            self._decode(self._call(due))
         ended = []
         for r in rows:
             if r.edge is not None and r.edge.lost:
@@ -271,14 +273,30 @@ class ChunkedAudio:
             return (ahead - LOW_WATER_S) * 1000.0
         return float("inf")
 
+    def _end(self, r: _Row) -> int:
+        """Where the row's next window ends: whole chunks while the stream runs (so chunk edges
+        match the spec), all that is left once it ended; at most max_window frames."""
+        pending = self._ready(r) - r.done
+        lead = self.first if r.done == 0 else 0
+        take = pending if r.ended else lead + (pending - lead) - (pending - lead) % self.chunk
+        return r.done + min(take, self.max_window)
+
+    def _call(self, due: list[_Row]) -> list[_Row]:
+        """The rows of the next decoder call: the most urgent first, then others while the call
+        stays within max_rows rows and call_frames new frames."""
+        work, frames = [], 0
+        for r in due[: self.max_rows]:
+            size = self._end(r) - r.done
+            if work and self.call_frames is not None and frames + size > self.call_frames:
+                continue
+            work.append(r)
+            frames += size
+        return work
+
     def _decode(self, work: list[_Row]) -> None:
         windows = []
         for r in work:
-            pending = self._ready(r) - r.done
-            # Whole chunks while the stream runs (so chunk edges match the spec); the rest at the end.
-            lead = self.first if r.done == 0 else 0
-            take = pending if r.ended else lead + (pending - lead) - (pending - lead) % self.chunk
-            end = r.done + min(take, self.max_window)
+            end = self._end(r)
             first, last, skip, keep = self.window(r.done, end, r.frames.shape[1])
             windows.append(Window(r.req, r.frames[:, first:last], first, last, r.done, end, skip, keep))
         pieces = self.decode(windows)

@@ -29,11 +29,12 @@ LEFT_CONTEXT = 25
 # frames on the tiny model), are run over the window plus only as many frames as they reach back:
 # that reach is measured at load (6 frames for the released layout), at most this many.
 CONV_REACH_MAX = 24
-# Rows and frames per decoder call, unless the stage's options say otherwise (`decode_rows`,
-# `decode_frames`): on a CPU the decoder is compute-bound and gains nothing from bigger calls
-# (measured, tiny model, one thread, ms of CPU per row-frame: 1.56 at 1 row × 100 frames, 1.45 at
-# 2 × 100, 2.13 at 4 × 100, 2.17 at 8 × 100, 1.99 at 1 × 300, 4.79 at 8 × 300). A GPU batches.
-DECODE_ROWS = 2
+# Rows and new frames (all rows together) per decoder call, unless the stage's options say
+# otherwise (`decode_rows`, `decode_frames`). On a CPU the convolutions' intermediates (1920
+# samples a frame) outgrow the caches, so a call of more than about 100 frames costs more per
+# frame (measured, tiny model, one thread, ms of CPU per row-frame: 1 row × 10 frames 1.49,
+# 2 × 10 1.07, 2 × 25 0.90, 2 × 50 0.86, 1 × 82 1.00, 2 × 82 1.36); a GPU batches far more.
+DECODE_ROWS = 4
 DECODE_FRAMES = 100
 # While a stream runs, a window after the first holds at least this many new frames (unless its
 # listener is about to run dry): every window is decoded with LEFT_CONTEXT frames before it.
@@ -198,6 +199,7 @@ class Qwen3OmniCode2WavEngine(Engine):
         self.audio = ChunkedAudio(self.ctx, "codes", cfg.num_quantizers, OUTPUT_RATE, self._decode, self._window,
                                   max_rows=int(options.get("decode_rows", DECODE_ROWS)),
                                   max_window=int(options.get("decode_frames", DECODE_FRAMES)),
+                                  call_frames=int(options.get("decode_frames", DECODE_FRAMES)),
                                   min_window=int(options.get("decode_min_frames", DECODE_MIN_FRAMES)))
 
     # ------------------------------------------------------------------ request by request
