@@ -128,7 +128,7 @@ class StageRunner:
             return
         report.claimed += len(claimed)
         report.batch_sizes.append(len(claimed))
-        self._nudge({str(c.job_id): "running" for c in claimed})
+        self.nudge({str(c.job_id): "running" for c in claimed})
         self.cancel_flags.set(set())
         started = time.monotonic()
         with _Heartbeat(self, [c.id for c in claimed]):
@@ -198,7 +198,7 @@ class StageRunner:
         self._free_finished(record.finished)
         self._clean_finished_jobs(unsettled)
         ended = {str(j) for j in record.finished}
-        self._nudge({str(run.job_id): "ended" if str(run.job_id) in ended else "changed" for run in claimed}, ended)
+        self.nudge({str(run.job_id): "ended" if str(run.job_id) in ended else "changed" for run in claimed}, ended)
         return len(record.recorded), len(claimed) - len(record.recorded)
 
     def measure(self, claimed: list[ClaimedRun], results: dict, run_s: float, succeeded: int, failed: int) -> None:
@@ -214,7 +214,7 @@ class StageRunner:
                              queue_waits_s=[r.queued_s for r in claimed if r.queued_s is not None],
                              succeeded=succeeded, failed=failed, tokens=tokens, steps=steps)
 
-    def _nudge(self, changes: dict[str, str], ended: set[str] | None = None) -> None:
+    def nudge(self, changes: dict[str, str], ended: set[str] | None = None) -> None:
         if self.events is not None:
             try:
                 self.events.nudge(changes, ended or set())

@@ -140,6 +140,7 @@ class ContinuousLoop:
                 d.message.ack()
         if not claimed:
             return
+        runner.nudge({str(c.job_id): "running" for c in claimed})  # live readers see the stage start now
         self.workers.batch_started(self.worker_name, len(self.inflight) + len(claimed))
         loaded, failed = runner.load_inputs(claimed)
         deadline = time.monotonic() + self.stage.timeout_s
