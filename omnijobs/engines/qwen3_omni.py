@@ -20,6 +20,7 @@ from omnijobs.engines.qwen3_talker_loop import LoopRow, TalkerLoop
 from omnijobs.engines.talker import talker_sampling
 from omnijobs.engines.torch_runtime import torch_device
 from omnijobs.errors import FatalStageError
+from omnijobs.streaming.chunks import whole_chunks
 
 OUTPUT_RATE = 24000
 # Frames of left context the decoder's transformer reads before a window (measured on the tiny
@@ -154,10 +155,8 @@ class Qwen3OmniTalkerEngine(Engine):
         out = []
         for r in [*self.loop.rows, *ended]:
             sent = self._sent.get(r.req.run_id, 0)
-            size = (self.stream.first_chunk or self.stream.chunk) if sent == 0 else self.stream.chunk
-            while len(r.frames) - sent >= size:
-                out.append((r.req, "codes", torch.stack(r.frames[sent: sent + size], dim=1), False))
-                sent, size = sent + size, self.stream.chunk
+            for start, sent in whole_chunks(sent, len(r.frames), self.stream):
+                out.append((r.req, "codes", torch.stack(r.frames[start:sent], dim=1), False))
             if r.ended:
                 rest = torch.stack(r.frames[sent:], dim=1) if len(r.frames) > sent else None
                 out.append((r.req, "codes", rest, True))

@@ -108,7 +108,8 @@ class TalkerLoop:
             r.frames.append(frame[j])
         full = [j for j, r in enumerate(self.rows) if len(r.frames) >= r.sampling["max_tokens"]]
         if full:
-            live = torch.tensor([j for j in range(len(self.rows)) if j not in set(full)], dtype=torch.long,
+            gone = set(full)
+            live = torch.tensor([j for j in range(len(self.rows)) if j not in gone], dtype=torch.long,
                                 device=self.device)
             inputs = inputs[live]
         ended = self._end(full)
@@ -145,7 +146,8 @@ class TalkerLoop:
         out = [self.rows[j] for j in gone]
         for r in out:
             r.ended = True
-        keep = [j for j in range(len(self.rows)) if j not in set(gone)]
+        leaving = set(gone)
+        keep = [j for j in range(len(self.rows)) if j not in leaving]
         self.rows = [self.rows[j] for j in keep]
         if not keep:
             self.cache, self.sampler = None, None

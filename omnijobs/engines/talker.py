@@ -11,6 +11,7 @@ from omnijobs.engines.base import StageRequest
 from omnijobs.engines.omni_glue import TalkerRow
 from omnijobs.engines.sampling import sampling_row
 from omnijobs.errors import FatalStageError
+from omnijobs.streaming.chunks import whole_chunks
 
 
 class MinCodes(LogitsProcessor):
@@ -101,15 +102,13 @@ class CodeStream(StoppingCriteria):
         for j, req in enumerate(self.requests):
             hit = stop[j].nonzero()
             valid = min(int(hit[0]) if hit.numel() else n, self.max_tokens[j])
-            size = (self.stream.first_chunk or self.stream.chunk) if self.sent[j] == 0 else self.stream.chunk
-            while valid - self.sent[j] >= size:
+            for start, end in whole_chunks(self.sent[j], valid, self.stream):
                 if self.from_tokens:
-                    frames = tokens[j, self.sent[j]: self.sent[j] + size].unsqueeze(0)
+                    frames = tokens[j, start:end].unsqueeze(0)
                 else:
-                    frames = torch.stack([f[j] for f in self.frames[self.sent[j]: self.sent[j] + size]], dim=1)
+                    frames = torch.stack([f[j] for f in self.frames[start:end]], dim=1)
                 out.append((req, self.port, frames, False))
-                self.sent[j] += size
-                size = self.stream.chunk
+                self.sent[j] = end
         if out:
             self.ctx.chunks.emit_many(out)
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)

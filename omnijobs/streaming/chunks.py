@@ -265,3 +265,13 @@ def where_streams_run(settings, registry):
     return PipelineRegistry([
         spec.model_copy(update={"stages": {n: s.model_copy(update={"streams": {}}) for n, s in spec.stages.items()}})
         for spec in registry.all()])
+
+
+def whole_chunks(sent: int, frames: int, stream: StreamSpec) -> list[tuple[int, int]]:
+    """The whole chunks (start, end) a writer holding `frames` frames, `sent` of them sent, can send
+    now: `first_chunk` frames first, then `chunk` each (the rest waits for more, or the end mark)."""
+    out, size = [], (stream.first_chunk or stream.chunk) if sent == 0 else stream.chunk
+    while frames - sent >= size:
+        out.append((sent, sent + size))
+        sent, size = sent + size, stream.chunk
+    return out
