@@ -21,6 +21,7 @@ on when it joined, to float rounding of the padded attention.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,9 @@ class TalkerLoop:
         self.hidden = torch.zeros((0, 1, model.config.text_config.hidden_size), device=device)
         self.code = torch.zeros((0,), dtype=torch.long)  # the first-group code of each row's next frame
         self.sampler: RowSampler | None = None
+        # Called once a step's frames are complete, before the talker's forward for the next:
+        # frames sent from here reach the decoder one forward sooner.
+        self.on_frames: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ rows in and out
 
@@ -106,6 +110,8 @@ class TalkerLoop:
         inputs = torch.cat(embeds, dim=1).sum(1, keepdim=True)
         for j, r in enumerate(self.rows):
             r.frames.append(frame[j])
+        if self.on_frames is not None:
+            self.on_frames()
         full = [j for j, r in enumerate(self.rows) if len(r.frames) >= r.sampling["max_tokens"]]
         if full:
             gone = set(full)
