@@ -72,16 +72,18 @@ def build_runner(settings: Settings, registry, spec, stage_name: str, device: st
     from omnijobs.engines.choice import choose_engine
 
     stage = choose_engine(spec.stage(stage_name), settings.ar_engine)  # vLLM where installed, for the AR kinds
+    values = StageValues(settings)
     engine = create_engine(stage, device, settings.models_dir, should_stop=flags.should_stop,
                            report_progress=ProgressReporter(store).report,
-                           emit_delta=delta_sink(settings, stage_name), chunks=chunk_streams(settings, spec, stage_name))
+                           emit_delta=delta_sink(settings, stage_name),
+                           chunks=chunk_streams(settings, spec, stage_name, values))
     engine.load()
     return StageRunner(
         spec, stage_name, engine, store, publisher, worker_name,
         lease_s=settings.lease_grace_s,
         policy=RetryPolicy(settings.retry_backoff_s, settings.retry_backoff_max_s),
         cancel_flags=flags,
-        values=StageValues(settings),
+        values=values,
         events=job_events(settings, stage_name),
     )
 

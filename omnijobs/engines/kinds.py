@@ -16,6 +16,9 @@ class EngineKind:
     # port -> type; a trailing "?" marks an optional port.
     inputs: dict[str, str] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
+    # Ports the engine can read as a stream (a pipeline's `streams:`) and outputs it writes as one.
+    streams_in: frozenset[str] = frozenset()
+    streams_out: frozenset[str] = frozenset()
 
     def required_inputs(self) -> set[str]:
         return {p for p, t in self.inputs.items() if not t.endswith("?")}
@@ -50,6 +53,8 @@ ENGINE_KINDS: dict[str, EngineKind] = {
             extra="vllm",
             inputs={"prompt": "text", "system": "text?", "image": "image?", "audio": "audio?", "modalities": "json?"},
             outputs={"text": "text", "token_ids": "tokens", "usage": "json", "hidden": "tensor"},
+            # Written once the row's states are read (vLLM gives them at the end), as one piece.
+            streams_out=frozenset({"hidden"}),
         ),
         # Omni models split into thinker → talker → code2wav; `hidden` carries the thinker's states.
         *[
@@ -60,6 +65,7 @@ ENGINE_KINDS: dict[str, EngineKind] = {
                 inputs={"prompt": "text", "system": "text?", "image": "image?", "audio": "audio?",
                         "modalities": "json?"},
                 outputs={"text": "text", "token_ids": "tokens", "usage": "json", "hidden": "tensor"},
+                streams_out=frozenset({"hidden"}),
             )
             for family, module, cls in [("qwen2_5_omni", "qwen_omni", "Qwen2_5OmniThinkerEngine"),
                                         ("qwen3_omni", "qwen3_omni", "Qwen3OmniThinkerEngine")]
@@ -70,6 +76,7 @@ ENGINE_KINDS: dict[str, EngineKind] = {
             extra="transformers",
             inputs={"hidden": "tensor"},
             outputs={"codes": "tensor", "speaker": "text", "usage": "json"},
+            streams_out=frozenset({"codes", "speaker"}),
         ),
         EngineKind(
             name="qwen2_5_omni_token2wav",
@@ -77,6 +84,7 @@ ENGINE_KINDS: dict[str, EngineKind] = {
             extra="transformers",
             inputs={"codes": "tensor", "speaker": "text?"},
             outputs={"audio": "audio", "usage": "json"},
+            streams_in=frozenset({"codes", "speaker"}),
         ),
         EngineKind(
             name="qwen3_omni_talker",
@@ -84,6 +92,8 @@ ENGINE_KINDS: dict[str, EngineKind] = {
             extra="transformers",
             inputs={"hidden": "tensor"},
             outputs={"codes": "tensor", "usage": "json"},
+            streams_in=frozenset({"hidden"}),
+            streams_out=frozenset({"codes"}),
         ),
         EngineKind(
             name="qwen3_omni_code2wav",
@@ -91,6 +101,7 @@ ENGINE_KINDS: dict[str, EngineKind] = {
             extra="transformers",
             inputs={"codes": "tensor"},
             outputs={"audio": "audio", "usage": "json"},
+            streams_in=frozenset({"codes"}),
         ),
         EngineKind(
             name="qwen2_5_vl",

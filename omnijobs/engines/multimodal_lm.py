@@ -20,6 +20,7 @@ from transformers import (
 
 from omnijobs.engines.base import Engine, Media, RowResult, StageRequest
 from omnijobs.engines.deltas import step_deltas
+from omnijobs.engines.hidden_stream import PORT, HiddenStream
 from omnijobs.engines.loading import check_complete
 from omnijobs.engines.media_features import decode_image, decode_wav
 from omnijobs.engines.sampling import (
@@ -149,18 +150,23 @@ class MultimodalLMEngine(Engine):
         with torch.no_grad():
             enc = self._collate(rows)
             prompt_len = enc["input_ids"].shape[1]
-            out = self.model.generate(
-                **enc,
-                generation_config=GenerationConfig(
-                    max_new_tokens=max(s["max_tokens"] for s in sampling), do_sample=False,
-                    pad_token_id=self.pad_id, eos_token_id=self.stop_ids,
-                    output_hidden_states=handoff, return_dict_in_generate=True,
-                ),
-                logits_processor=LogitsProcessorList([RowSampler(sampling, self.stop_ids)]),
-                stopping_criteria=StoppingCriteriaList([RowStop(
-                    prompt_len, [s["max_tokens"] for s in sampling], [batch[i].run_id for i in live],
-                    self.ctx.should_stop), *([deltas] if deltas else [])]),
-            )
+            stream = self._hidden_stream([batch[i] for i in live], rows, sampling, prompt_len) if handoff else None
+            try:
+                out = self.model.generate(
+                    **enc,
+                    generation_config=GenerationConfig(
+                        max_new_tokens=max(s["max_tokens"] for s in sampling), do_sample=False,
+                        pad_token_id=self.pad_id, eos_token_id=self.stop_ids,
+                        output_hidden_states=handoff, return_dict_in_generate=True,
+                    ),
+                    logits_processor=LogitsProcessorList([RowSampler(sampling, self.stop_ids)]),
+                    stopping_criteria=StoppingCriteriaList([RowStop(
+                        prompt_len, [s["max_tokens"] for s in sampling], [batch[i].run_id for i in live],
+                        self.ctx.should_stop), *([deltas] if deltas else []), *([stream] if stream else [])]),
+                )
+            finally:
+                if stream is not None:
+                    stream.close()
         finished = []
         for j, i in enumerate(live):
             drawn = out.sequences[j, prompt_len:].tolist()[: sampling[j]["max_tokens"]]
@@ -180,6 +186,15 @@ class MultimodalLMEngine(Engine):
         if deltas:
             deltas.finish(finished)
         return results
+
+    def _hidden_stream(self, requests: list[StageRequest], rows: list[dict[str, Any]], sampling: list[dict],
+                       prompt_len: int) -> HiddenStream | None:
+        """The writer of the rows' `hidden` streams, where the talker reads them as one."""
+        chunks = self.ctx.chunks
+        if chunks is None or PORT not in chunks.outgoing:
+            return None
+        return HiddenStream(self, chunks, requests, rows, [s["max_tokens"] for s in sampling],
+                            [_wants_audio(r) for r in requests], prompt_len, self.stop_ids, self.ctx.should_stop)
 
     def _decode(self, tokens) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -217,35 +232,46 @@ class MultimodalLMEngine(Engine):
 
         `hidden_states[k]` (k >= 1) is the forward pass that consumed reply token k-1.
         """
-        layer = int(self.ctx.stage.options.get("hidden_layer", -1))
-        n_prompt = len(row["ids"])
+        layer = self.hidden_layer()
         first = hidden_states[0]
         n_reply = min(len(tokens), len(hidden_states) - 1)
         steps = hidden_states[1: n_reply + 1]
+        return {
+            **self.prompt_part(first, j, row, prompt_len),
+            "reply_ids": torch.tensor(tokens[:n_reply], dtype=torch.long),
+            "reply_embeds": _stack([s[0][j, -1] for s in steps], first[0].shape[-1]),
+            "reply_hidden": _stack([s[layer][j, -1] for s in steps], first[0].shape[-1]),
+        }
+
+    def hidden_layer(self) -> int:
+        return int(self.ctx.stage.options.get("hidden_layer", -1))
+
+    def prompt_part(self, first, j: int, row: dict[str, Any], prompt_len: int) -> dict[str, torch.Tensor]:
+        """The hand-off's prompt states (from the prefill's hidden states `first`), masks, media
+        extras and special embeddings: all of it but the reply."""
+        layer = self.hidden_layer()
+        n_prompt = len(row["ids"])
         ids = torch.tensor(row["ids"], dtype=torch.long)
         mm = torch.zeros(n_prompt, dtype=torch.bool)
         for name in ("image", "audio", "video"):
             if name in self.ids:
                 mm |= ids == self.ids[name]
         embed = self.model.get_input_embeddings()
-        bundle = {
+        part = {
             "prompt_ids": ids,
             "prompt_embeds": first[0][j, prompt_len - n_prompt:].float().cpu().contiguous(),
             "prompt_hidden": first[layer][j, prompt_len - n_prompt:].float().cpu().contiguous(),
             "prompt_mm_mask": mm,
             "prompt_user_mask": torch.tensor(row["user_mask"], dtype=torch.bool),
-            "reply_ids": torch.tensor(tokens[:n_reply], dtype=torch.long),
-            "reply_embeds": _stack([s[0][j, -1] for s in steps], first[0].shape[-1]),
-            "reply_hidden": _stack([s[layer][j, -1] for s in steps], first[0].shape[-1]),
         }
         if row["image_grid_thw"] is not None:
-            bundle["image_grid_thw"] = row["image_grid_thw"].long().cpu()
+            part["image_grid_thw"] = row["image_grid_thw"].long().cpu()
         if row["features"] is not None:
-            bundle["audio_feature_lengths"] = torch.tensor([row["features"].shape[1]], dtype=torch.long)
+            part["audio_feature_lengths"] = torch.tensor([row["features"].shape[1]], dtype=torch.long)
         with torch.no_grad():
             for name, tid in self.handoff_tokens.items():
-                bundle[f"embed.{name}"] = embed(torch.tensor([tid], device=self.device))[0].float().cpu()
-        return bundle
+                part[f"embed.{name}"] = embed(torch.tensor([tid], device=self.device))[0].float().cpu()
+        return part
 
 
 def _part(path, name: str):

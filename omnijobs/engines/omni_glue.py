@@ -27,6 +27,7 @@ class TalkerRow:
     pad: torch.Tensor  # (D,): what a step gets once `text` runs out
     text_ids: torch.Tensor | None = None  # (L,) thinker-vocabulary ids for the rope index (Qwen2.5)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # image_grid_thw, audio_feature_lengths
+    eos: torch.Tensor | None = None  # (D,): what ends `text` (Qwen3: tts-eos), for a row whose text streams in
 
 
 def check_bundle(bundle: dict[str, torch.Tensor], needs: list[str]) -> None:
@@ -63,10 +64,20 @@ def qwen2_5_talker_row(bundle: dict[str, torch.Tensor], speaker: str, talker) ->
     )
 
 
-def qwen3_talker_row(bundle: dict[str, torch.Tensor], speaker_id: int, talker) -> TalkerRow:
+def qwen3_text_states(reply_embeds: torch.Tensor, talker) -> torch.Tensor:
+    """The talker's text states for more reply tokens (n, D) of a row whose reply streams in."""
+    with torch.no_grad():
+        return talker.text_projection(reply_embeds.float()).float()
+
+
+def qwen3_talker_row(bundle: dict[str, torch.Tensor], speaker_id: int, talker, complete: bool = True) -> TalkerRow:
     """Qwen3-Omni: the user turn (media positions from the chosen hidden layer, text from the input
     embeddings, both projected), then the assistant header with the codec control tokens and the
-    speaker, then the first reply token; the rest of the reply and tts-eos feed later steps."""
+    speaker, then the first reply token; the rest of the reply and tts-eos feed later steps.
+
+    `complete=False`: the reply is still being written (at least its first token is there); the
+    row's text then ends with what came, `qwen3_text_states` gives the rest as it comes, and the
+    row's `eos` ends it."""
     check_bundle(bundle, ["embed.tts_bos", "embed.tts_eos", "embed.tts_pad"])
     cfg = talker.config
     user = bundle["prompt_user_mask"]
@@ -94,7 +105,8 @@ def qwen3_talker_row(bundle: dict[str, torch.Tensor], speaker_id: int, talker) -
         embeds=torch.cat([user_part, text_part + codec_part]),
         # The thinker ids of the user turn place its media in 3D positions; the rest are plain text.
         ids=torch.cat([prompt_ids[user], torch.full((text_part.shape[0],), int(prompt_ids[-1]))]).long(),
-        text=torch.cat([trailing, tts_eos.unsqueeze(0)]),
+        text=torch.cat([trailing, tts_eos.unsqueeze(0)]) if complete else trailing,
+        eos=tts_eos,
         pad=tts_pad,
         extras=_extras(bundle),
     )

@@ -18,6 +18,7 @@ from omnijobs.engines.omni_glue import TalkerRow, qwen3_talker_row
 from omnijobs.engines.qwen_omni import _bundle, _load
 from omnijobs.engines.qwen3_talker_loop import LoopRow, TalkerLoop
 from omnijobs.engines.talker import talker_sampling
+from omnijobs.engines.talker_feeds import TalkerFeeds
 from omnijobs.engines.torch_runtime import torch_device
 from omnijobs.errors import FatalStageError
 from omnijobs.streaming.chunks import whole_chunks
@@ -64,6 +65,8 @@ class Qwen3OmniTalkerEngine(Engine):
     at the next step, and its first codes (and first audio, where code2wav streams them) come
     without waiting for the others to end. Where code2wav reads `codes` as a stream, each row's
     frames go out as they are made: `first_chunk` frames, then `chunk`, the rest with the end mark.
+    Where the talker reads `hidden` as a stream, a row starts once the thinker's first reply token
+    is out and takes the rest as it comes (engines/talker_feeds.py).
     """
 
     def load(self) -> None:
@@ -87,6 +90,7 @@ class Qwen3OmniTalkerEngine(Engine):
         self.stream = self.ctx.chunks.outgoing.get("codes") if self.ctx.chunks is not None else None
         self._joining: list[tuple[StageRequest, TalkerRow, dict]] = []
         self._sent: dict[str, int] = {}  # frames of each streamed row already sent
+        self.feeds = TalkerFeeds(self.ctx, self.loop, self.model, on_restart=self._restart_codes)
         if self.stream is not None:
             self.loop.on_frames = lambda: self._emit([])
 
@@ -98,30 +102,44 @@ class Qwen3OmniTalkerEngine(Engine):
             speaker = str(req.params.get("speaker", "ethan")).lower()
             if speaker not in speakers:
                 raise FatalStageError(f"unknown speaker {speaker!r}; this model has {', '.join(sorted(speakers))}")
+            sampling = talker_sampling(req.run_id, req.params)
+            if self.feeds.streamed(req):
+                return self.feeds.open(req, sampling, speakers[speaker])
             with torch.no_grad():
                 row = qwen3_talker_row(_bundle(req), speakers[speaker], self.model)
-            self._joining.append((req, row, talker_sampling(req.run_id, req.params)))
+            self._joining.append((req, row, sampling))
         except FatalStageError as exc:
             return exc
         return None
 
     def step(self) -> list[tuple[StageRequest, RowResult]]:
-        ended = []
+        ended, failed = [], []
         with torch.no_grad():
+            if self.feeds.feeds:
+                can_step = bool(self._joining) or any(not r.starving() for r in self.loop.rows)
+                fed, failed = self.feeds.follow(can_step)
+                self._joining += fed
             if self._joining:
                 reqs, rows, samplings = zip(*self._joining, strict=True)
                 self._joining = []
                 ended += self.loop.join(list(reqs), list(rows), list(samplings))
-            if self.loop.rows:
+                self.feeds.joined()
+            # Streamed rows whose next text state has not come are parked first (or, if all wait, nobody steps).
+            can_step = self.feeds.balance() if self.feeds.feeds else bool(self.loop.rows)
+            if can_step:
                 ended += self.loop.step()
         self._emit(ended)
-        return [(r.req, self._result(r)) for r in ended]
+        for req, _ in failed:
+            self._sent.pop(req.run_id, None)
+        self.feeds.drop({r.req.run_id for r in ended})
+        return [(r.req, self._result(r)) for r in ended] + failed
 
     def abort(self, run_ids) -> list[tuple[StageRequest, RowResult]]:
         run_ids = set(run_ids)
         gone = [req for req, _, _ in self._joining if req.run_id in run_ids]
         self._joining = [j for j in self._joining if j[0].run_id not in run_ids]
         gone += [r.req for r in self.loop.abort(run_ids)]
+        gone += self.feeds.drop(run_ids)  # those waiting outside the batch
         for req in gone:
             self._sent.pop(req.run_id, None)
         return [(req, FatalStageError("canceled")) for req in gone]
@@ -135,14 +153,23 @@ class Qwen3OmniTalkerEngine(Engine):
             if error is not None:
                 results[req.run_id] = error
         try:
-            while self._joining or self.loop.rows:
-                stop = [r.req.run_id for r in self.loop.rows if self.ctx.should_stop(r.req.run_id)]
-                stop += [req.run_id for req, _, _ in self._joining if self.ctx.should_stop(req.run_id)]
+            while self._joining or self.loop.rows or self.feeds.feeds:
+                stop = [run_id for run_id in self._in_flight() if self.ctx.should_stop(run_id)]
                 results.update((req.run_id, result) for req, result in self.abort(stop))
                 results.update((req.run_id, result) for req, result in self.step())
         finally:
-            self.abort([r.req.run_id for r in self.loop.rows] + [req.run_id for req, _, _ in self._joining])
+            self.abort(self._in_flight())
         return [results[req.run_id] for req in batch]
+
+    def _in_flight(self) -> list[str]:
+        return list({*(r.req.run_id for r in self.loop.rows), *(req.run_id for req, _, _ in self._joining),
+                     *self.feeds.feeds})
+
+    def _restart_codes(self, req: StageRequest) -> None:
+        """The row starts over: its next codes open a new attempt of its stream."""
+        self._sent.pop(req.run_id, None)
+        if self.stream is not None:
+            self.ctx.chunks.restart(req, "codes")
 
     # ------------------------------------------------------------------ inside
 

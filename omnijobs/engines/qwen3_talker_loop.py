@@ -12,7 +12,10 @@ loop calls the model's modules itself:
   after the first-group code), feeds the frame's summed embeddings plus the row's next text state
   to the talker, and draws each row's next first-group code with its own sampler;
 - a row ends at end-of-speech (after its `min_tokens`) or at `max_tokens` frames, and leaves the
-  batch at once (`drop`), so the others stop paying for it.
+  batch at once (`drop`), so the others stop paying for it;
+- a row whose text is still being written (the thinker streams it) gets more with `feed`; one
+  whose next text state has not come is `park`ed (its cache taken out of the batch) and
+  `unpark`ed when it has, so it never holds up the others.
 
 The inputs and draws are those of `generate` (same projections, same per-row random streams, the
 code predictor greedy as the engine runs it), so a row's codes do not depend on its neighbours or
@@ -43,6 +46,24 @@ class LoopRow:
     frames: list[torch.Tensor] = field(default_factory=list)  # (G,) each
     step: int = 0  # decode steps taken (the text state it reads next)
     ended: bool = False
+    text_done: bool = True  # False while more text states are to come (`feed`)
+
+    def starving(self) -> bool:
+        """Whether its next step needs a text state that has not come yet."""
+        return not self.text_done and self.step >= self.text.shape[0]
+
+
+@dataclass
+class Parked:
+    """A row taken out of the batch with everything it needs to go back in."""
+
+    row: LoopRow
+    layers: list[tuple[torch.Tensor, torch.Tensor]]  # its keys and values, (1, H, L, D) per layer
+    mask: torch.Tensor
+    delta: torch.Tensor
+    hidden: torch.Tensor
+    code: torch.Tensor
+    sampler: RowSampler
 
 
 class TalkerLoop:
@@ -87,6 +108,36 @@ class TalkerLoop:
 
     def abort(self, run_ids: set[str]) -> list[LoopRow]:
         return self._end([j for j, r in enumerate(self.rows) if r.req.run_id in run_ids])
+
+    @staticmethod
+    def feed(row: LoopRow, states: torch.Tensor | None, done: bool) -> None:
+        """More of a row's text states (S, D); `done`: that was all of it."""
+        if states is not None and states.shape[0]:
+            row.text = torch.cat([row.text, states.to(row.text.device, row.text.dtype)])
+        row.text_done = row.text_done or done
+
+    def park(self, run_ids: set[str]) -> list[Parked]:
+        """Take these rows out of the batch, their caches and draw state with them."""
+        idx = [j for j, r in enumerate(self.rows) if r.req.run_id in run_ids]
+        out = []
+        for j in idx:
+            lead = int((self.mask[j].cumsum(0) == 0).sum())  # its left padding
+            out.append(Parked(
+                self.rows[j],
+                [(layer.keys[j: j + 1, :, lead:].clone(), layer.values[j: j + 1, :, lead:].clone())
+                 for layer in self.cache.layers],
+                self.mask[j: j + 1, lead:].clone(), self.deltas[j: j + 1] + lead, self.hidden[j: j + 1].clone(),
+                self.code[j: j + 1].clone(), self.sampler.subset([j])))
+        self._drop(idx)
+        return out
+
+    def unpark(self, parked: list[Parked]) -> None:
+        """Put parked rows back into the batch, as they were."""
+        for p in parked:
+            cache = DynamicCache(config=self.m.config.text_config)
+            for i, (keys, values) in enumerate(p.layers):
+                cache.update(keys, values, i)
+            self._merge([p.row], cache, p.mask, p.delta, p.hidden, p.code, p.sampler)
 
     # ------------------------------------------------------------------ one step
 
@@ -147,11 +198,16 @@ class TalkerLoop:
 
     def _end(self, gone: list[int]) -> list[LoopRow]:
         """Take these rows (by index) out of the batch; they are returned, marked ended."""
+        out = self._drop(gone)
+        for r in out:
+            r.ended = True
+        return out
+
+    def _drop(self, gone: list[int]) -> list[LoopRow]:
+        """Take these rows (by index) out of the batch and return them."""
         if not gone:
             return []
         out = [self.rows[j] for j in gone]
-        for r in out:
-            r.ended = True
         leaving = set(gone)
         keep = [j for j in range(len(self.rows)) if j not in leaving]
         self.rows = [self.rows[j] for j in keep]

@@ -83,6 +83,15 @@ def _check_stage(spec: PipelineSpec, stage: StageSpec) -> None:
         raise SpecError(
             spec.source, f"required input(s) not wired: {', '.join(sorted(missing))}", stage.name, "inputs"
         )
+    for port in stage.streams:
+        head, _, tail = stage.inputs[port].partition(".")
+        upstream = engine_kind(spec.stages[head].engine) if head in spec.stages else None
+        if port not in kind.streams_in:
+            raise SpecError(spec.source, f"engine '{kind.name}' cannot read input '{port}' as a stream",
+                            stage.name, f"streams.{port}")
+        if upstream is not None and tail not in upstream.streams_out:
+            raise SpecError(spec.source, f"engine '{upstream.name}' of stage '{head}' does not write '{tail}' as a "
+                            "stream", stage.name, f"streams.{port}")
     for port, ref in stage.inputs.items():
         field = f"inputs.{port}"
         if port not in kind.inputs:

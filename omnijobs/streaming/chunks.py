@@ -7,10 +7,12 @@ attempt writes its first chunk, so a retried upstream always writes under a high
 earlier attempt, and a reader that sees a higher number than the one it follows knows the stream
 restarted: it drops what it had and starts over from that attempt's first chunk.
 
-Payloads are arrays (codec frames: a few small ints per frame) stored inline as raw bytes with
-their dtype and shape; a chunk larger than `MAX_INLINE` is refused (such edges would need the
-artifact connector). Streams expire `ttl_s` after their first write, and soon (`ended_ttl_s`) after
-their reader is done, so nothing grows without bound.
+Payloads are arrays (codec frames: a few small ints per frame), stored inline as raw bytes with
+their dtype and shape, or named bundles of tensors (a thinker's prompt states), stored as
+safetensors. A chunk larger than `MAX_INLINE` goes through the artifact connector's transit store
+(the entry holds its URI; it is freed with the job's other intermediates). Streams expire `ttl_s`
+after their first write, and soon (`ended_ttl_s`) after their reader is done, so nothing grows
+without bound.
 
 Without Redis (dev mode's file-system broker) there is no transport: workers and the reconciler
 load the pipelines with their streamed edges made plain (`where_streams_run`), so the downstream
@@ -34,6 +36,7 @@ from omnijobs.streaming.channel import ChannelConfig, channel_key, encode
 log = logging.getLogger("omnijobs.streaming")
 
 MAX_INLINE = 1 << 20
+TENSORS = "safetensors"
 # Channel event types written by downstream engines (read by JobFollower like deltas).
 AUDIO, RESTART = "audio", "restart"
 
@@ -43,16 +46,24 @@ def edge_key(job_id: str, stage: str, port: str) -> str:
 
 
 def encode_payload(payload: Any) -> dict[str, bytes | str]:
+    """An entry's payload fields: a dict of tensors as safetensors, anything else as one array."""
+    if isinstance(payload, dict):
+        from omnijobs.artifacts.tensors import tensors_to_bytes
+
+        return {"format": TENSORS, "data": tensors_to_bytes(payload)}
     array = np.ascontiguousarray(payload.detach().cpu().numpy() if hasattr(payload, "detach") else np.asarray(payload))
-    data = array.tobytes()
-    if len(data) > MAX_INLINE:
-        raise ValueError(f"a stream chunk of {len(data)} bytes exceeds the inline limit of {MAX_INLINE}")
-    return {"dtype": array.dtype.str, "shape": ",".join(map(str, array.shape)), "data": data}
+    return {"dtype": array.dtype.str, "shape": ",".join(map(str, array.shape)), "data": array.tobytes()}
 
 
-def decode_payload(fields: dict[str, bytes]) -> np.ndarray:
+def decode_payload(fields: dict[bytes, bytes], data: bytes | None = None) -> Any:
+    """The payload of an entry (its bytes read from the artifact store when `data` is given)."""
+    data = fields[b"data"] if data is None else data
+    if _text(fields.get(b"format", b"")) == TENSORS:
+        from omnijobs.artifacts.tensors import bytes_to_tensors
+
+        return bytes_to_tensors(data)
     shape = tuple(int(n) for n in _text(fields[b"shape"]).split(",") if n)
-    return np.frombuffer(fields[b"data"], dtype=np.dtype(_text(fields[b"dtype"]))).reshape(shape).copy()
+    return np.frombuffer(data, dtype=np.dtype(_text(fields[b"dtype"]))).reshape(shape).copy()
 
 
 @dataclass
@@ -77,11 +88,14 @@ class EdgeStream:
 class ChunkStreams:
     """Writer and reader of a stage's streamed edges, plus the audio/restart events of its jobs."""
 
-    def __init__(self, config: ChannelConfig, spec: PipelineSpec | None = None, stage: str = "", client=None):
+    def __init__(self, config: ChannelConfig, spec: PipelineSpec | None = None, stage: str = "", client=None,
+                 values=None):
         import redis
 
         self.config = config
         self.stage = stage
+        # The artifact stores (StageValues) that carry chunks over MAX_INLINE; None: such chunks are refused.
+        self.values = values
         self.redis = client or redis.Redis.from_url(config.redis_url, socket_timeout=30, socket_connect_timeout=5)
         # This stage's output ports that a downstream stage reads as a stream, with that stream's spec.
         self.outgoing: dict[str, StreamSpec] = outgoing_streams(spec, stage) if spec is not None else {}
@@ -116,7 +130,7 @@ class ChunkStreams:
             _, attempt, seq = self._writing[slot]
             entry: dict[str, Any] = {"attempt": attempt, "seq": seq, "end": int(final)}
             if payload is not None:
-                entry.update(encode_payload(payload))
+                entry.update(self._large(req, port, encode_payload(payload)))
             key = edge_key(req.job_id, self.stage, port)
             pipe.xadd(key, entry)
             # NOTE: only a stream without an expiry gets one: a reader that is done (or a canceled
@@ -128,6 +142,28 @@ class ChunkStreams:
             else:
                 self._writing[slot] = (req, attempt, seq + 1)
         pipe.execute()
+
+    def restart(self, request, port: str) -> None:
+        """The next chunk of `request` on `port` starts a new attempt (its readers drop what they had)."""
+        self._writing.pop((id(request), port), None)
+
+    def _large(self, req, port: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """Fields of a chunk over MAX_INLINE: its bytes in the transit store, the entry holds the URI."""
+        data = fields["data"]
+        if len(data) <= MAX_INLINE:
+            return fields
+        if self.values is None:
+            raise ValueError(f"a stream chunk of {len(data)} bytes exceeds the inline limit of {MAX_INLINE} "
+                             "and this stage has no artifact store for it")
+        from omnijobs.artifacts.base import new_key
+
+        transit = self.values.transit
+        uri = transit.put(new_key(req.job_id, self.stage, f"{port}-chunk"), data)
+        out = {k: v for k, v in fields.items() if k != "data"}
+        out["ref"] = uri
+        if transit.scheme == "shm":
+            out["host"] = self.values.host
+        return out
 
     # ------------------------------------------------------------------ reader
 
@@ -154,7 +190,9 @@ class ChunkStreams:
         if not live:
             return
         by_key = {e.key: e for e in live}
-        reply = self.redis.xread({e.key: e.cursor for e in live}, count=1024, block=max(1, block_ms)) or []
+        # block_ms <= 0: answer at once with what is there.
+        reply = self.redis.xread({e.key: e.cursor for e in live}, count=1024,
+                                 block=block_ms if block_ms > 0 else None) or []
         if reply and len(live) > 1:
             # NOTE: a blocked read wakes with the one stream that got an entry; the others written
             # in the same transaction are there too, and are taken now so they decode together.
@@ -167,10 +205,24 @@ class ChunkStreams:
             for entry_id, fields in entries:
                 edge.cursor = _text(entry_id)
                 try:
-                    _apply(edge, fields)
+                    _apply(edge, fields, self._fetch)
                 except LookupError as exc:  # this edge alone is broken: its reader fails that row
                     edge.lost = str(exc)
                     break
+
+    def _fetch(self, fields: dict[bytes, bytes]) -> bytes:
+        """The bytes of a chunk held in the artifact store."""
+        uri = _text(fields[b"ref"])
+        host = _text(fields.get(b"host", b""))
+        if self.values is None:
+            raise LookupError(f"stream chunk {uri} is in the artifact store, which this stage has none of")
+        if host and host != self.values.host:
+            raise LookupError(f"stream chunk {uri} is in shared memory on host {host}, which this worker "
+                              f"({self.values.host}) cannot read; stages on several hosts need OMNIJOBS_ARTIFACTS=s3")
+        try:
+            return self.values.reader(uri).get(uri)
+        except FileNotFoundError as exc:
+            raise LookupError(f"stream chunk {uri} is gone from the artifact store") from exc
 
     def done(self, edges: Iterable[EdgeStream]) -> None:
         """The reader is finished with these edges: let them expire soon."""
@@ -201,7 +253,7 @@ class ChunkStreams:
             log.warning("event channel unavailable, %s events dropped: %s", kind, exc)
 
 
-def _apply(edge: EdgeStream, fields: dict) -> None:
+def _apply(edge: EdgeStream, fields: dict, fetch) -> None:
     attempt, seq = int(fields[b"attempt"]), int(fields[b"seq"])
     if attempt < edge.attempt:
         return  # an older attempt's leftovers
@@ -214,7 +266,10 @@ def _apply(edge: EdgeStream, fields: dict) -> None:
             return
         raise LookupError(f"stream {edge.key} lost chunks of attempt {attempt} (got {seq}, "
                           f"expected {len(edge.chunks)})")
-    edge.chunks.append(decode_payload(fields) if b"data" in fields else None)
+    if b"ref" in fields:
+        edge.chunks.append(decode_payload(fields, fetch(fields)))
+    else:
+        edge.chunks.append(decode_payload(fields) if b"data" in fields else None)
     edge.ended = bool(int(fields[b"end"]))
 
 
@@ -229,12 +284,13 @@ def outgoing_streams(spec: PipelineSpec, stage: str) -> dict[str, StreamSpec]:
     return out
 
 
-def chunk_streams(settings, spec: PipelineSpec, stage: str) -> ChunkStreams | None:
-    """The stage's chunk transport for these settings; None without Redis (no streaming)."""
+def chunk_streams(settings, spec: PipelineSpec, stage: str, values=None) -> ChunkStreams | None:
+    """The stage's chunk transport for these settings (large chunks through `values`, the stage's
+    StageValues); None without Redis (no streaming)."""
     config = ChannelConfig.from_settings(settings)
     if config.redis_url is None:
         return None
-    return ChunkStreams(config, spec, stage)
+    return ChunkStreams(config, spec, stage, values=values)
 
 
 def schedule(frames: int, stream: StreamSpec) -> list[int]:

@@ -62,8 +62,8 @@ def test_chunks_carry_their_attempt_and_a_newer_attempt_restarts_the_reader(conf
 
 def test_ports_no_stage_streams_are_not_written(config, spec):
     writer = ChunkStreams(config, spec, "thinker")
-    writer.emit(req("j2"), "hidden", torch.zeros(2))
-    assert not redis.Redis.from_url(config.redis_url).exists(edge_key("j2", "thinker", "hidden"))
+    writer.emit(req("j2"), "text", torch.zeros(2))
+    assert not redis.Redis.from_url(config.redis_url).exists(edge_key("j2", "thinker", "text"))
 
 
 def test_schedule_is_first_chunk_then_chunks():
@@ -125,3 +125,168 @@ def test_talker_streams_into_code2wav_which_decodes_jobs_together(config, spec, 
     assert max(o["usage"]["decode_rows_max"] for o in wavs) > 1
     # No cross-talk: every job's audio is its own.
     assert len({_pcm(o["audio"].data).tobytes() for o in wavs}) == 3
+
+
+class _Store:
+    """The transit store a stage hands large chunks to (a plain directory here)."""
+
+    def __init__(self, root):
+        from omnijobs.artifacts.file import FileConnector
+
+        self.transit = FileConnector(root)
+        self.host = "here"
+
+    def reader(self, uri):
+        return self.transit
+
+
+def test_a_chunk_over_the_inline_limit_goes_through_the_artifact_store(config, spec, tmp_path):
+    from omnijobs.streaming.chunks import MAX_INLINE
+
+    store = _Store(tmp_path)
+    writer = ChunkStreams(config, spec, "thinker", values=store)
+    reader = ChunkStreams(config, spec, "talker", values=store)
+    big = {"prompt_embeds": torch.randn(MAX_INLINE // 4 + 10), "prompt_ids": torch.arange(5)}
+    job = f"j3-{time.time_ns()}"
+    row = req(job)  # one writer row: one attempt
+    writer.emit_many([(row, "hidden", big, False), (row, "hidden", torch.ones(2, 3), False)])
+    writer.emit(row, "hidden", None, final=True)
+    # Redis holds the reference only; the bytes are in the store, under the job's prefix.
+    entries = redis.Redis.from_url(config.redis_url).xrange(edge_key(job, "thinker", "hidden"))
+    assert b"ref" in entries[0][1] and b"data" not in entries[0][1] and b"data" in entries[1][1]
+    assert any(p.name.startswith("hidden-chunk") for p in (tmp_path / job / "thinker").iterdir())
+    edge = reader.open(job, "thinker.hidden")
+    reader.read([edge], 100)
+    assert edge.ended and torch.equal(edge.chunks[0]["prompt_embeds"], big["prompt_embeds"])
+    assert torch.equal(edge.chunks[0]["prompt_ids"], big["prompt_ids"]) and edge.chunks[1].shape == (2, 3)
+    # Without a store such a chunk is refused before anything is written.
+    with pytest.raises(ValueError, match="inline limit"):
+        ChunkStreams(config, spec, "thinker").emit(req("j4"), "hidden", big)
+    assert not redis.Redis.from_url(config.redis_url).exists(edge_key("j4", "thinker", "hidden"))
+
+
+def _omni(spec, models_dir, stage: str, config=None, streams: bool = True):
+    from omnijobs.engines.factory import create_engine
+
+    stage_spec = spec.stage(stage) if streams else spec.stage(stage).model_copy(update={"streams": {}})
+    e = create_engine(stage_spec, "cpu", models_dir,
+                      **({"chunks": ChunkStreams(config, spec, stage)} if config is not None else {}))
+    e.load()
+    return e
+
+
+def _thoughts(jobs, max_tokens):
+    return [StageRequest(f"t-{j}", {"prompt": f"say {k}", "modalities": ["text", "audio"]},
+                         {"max_tokens": n, "seed": k, "temperature": 0.7}, j)
+            for k, (j, n) in enumerate(zip(jobs, max_tokens))]
+
+
+def _talks(jobs, hidden=None, max_tokens: int = 24):
+    return [StageRequest(f"k-{j}", {"hidden": None if hidden is None else hidden[k]},
+                         {"max_tokens": max_tokens, "min_tokens": max_tokens, "seed": k}, j)
+            for k, j in enumerate(jobs)]
+
+
+def test_thinker_streams_its_states_and_the_talker_speaks_them_as_they_come(config, spec, models_dir):
+    from omnijobs.engines.hidden_stream import joined_handoff
+
+    thinker = _omni(spec, models_dir, "thinker", config)
+    talker = _omni(spec, models_dir, "talker", config)
+    # Reply lengths differ within the batch: each row's stream ends at its own max_tokens.
+    jobs = [f"hs-{k}-{time.time_ns()}" for k in range(3)]
+    talked: list = []
+    # The talker runs first, as a run started beside the thinker does: its rows wait for the states.
+    speaker = threading.Thread(target=lambda: talked.extend(talker.run(_talks(jobs))), daemon=True)
+    speaker.start()
+    time.sleep(0.2)
+    thought = thinker.run(_thoughts(jobs, [3, 9, 14]))
+    speaker.join(120)
+    assert not speaker.is_alive()
+    reader = ChunkStreams(config, spec, "talker")
+    for job, t in zip(jobs, thought):
+        edge = reader.open(job, "thinker.hidden")
+        reader.read([edge], 100)
+        assert edge.ended and len(edge.chunks) == 1 + t["hidden"]["reply_ids"].shape[0] + 1
+        joined = joined_handoff(edge.chunks[:-1])
+        assert joined.keys() == t["hidden"].keys()
+        for key, value in t["hidden"].items():
+            assert torch.equal(joined[key], value), key  # the recorded bundle, exactly
+    # The same rows spoken from the recorded states: the same codes.
+    plain = _omni(spec, models_dir, "talker", streams=False)
+    recorded = plain.run(_talks(jobs, [t["hidden"] for t in thought]))
+    for streamed, ref in zip(talked, recorded):
+        assert not isinstance(streamed, BaseException), streamed
+        assert torch.equal(streamed["codes"]["codes"], ref["codes"]["codes"])
+
+
+def test_a_row_waiting_for_its_text_is_parked_while_the_others_speak(config, spec, models_dir):
+    from omnijobs.engines.hidden_stream import PORT, prompt_of, reply_of
+
+    thinker = _omni(spec, models_dir, "thinker")
+    jobs = [f"pk-{k}-{time.time_ns()}" for k in range(2)]
+    thought = thinker.run(_thoughts(jobs, [12, 12]))
+    talker = _omni(spec, models_dir, "talker", config)
+    writer = ChunkStreams(config, spec, "thinker")
+    hidden = thought[1]["hidden"]
+    row = req(jobs[1], "t")  # one writer row: one attempt
+    writer.emit_many([(row, PORT, prompt_of(hidden), False), (row, PORT, reply_of(hidden, 0, 2), False)])
+    talks = _talks(jobs, [thought[0]["hidden"], None], max_tokens=30)
+    parked = []
+
+    def trickle():  # the rest of job 1's reply, a state every 40 ms (the talker steps faster)
+        while not talker.feeds.feeds or next(iter(talker.feeds.feeds.values())).parked is None:
+            time.sleep(0.005)
+        parked.append(True)
+        for k in range(2, hidden["reply_ids"].shape[0]):
+            writer.emit(row, PORT, reply_of(hidden, k, k + 1))
+            time.sleep(0.04)
+        writer.emit(row, PORT, None, final=True)
+
+    source = threading.Thread(target=trickle, daemon=True)
+    source.start()
+    out = talker.run(talks)
+    source.join(60)
+    assert parked  # job 1 waited outside the batch while job 0 went on
+    plain = _omni(spec, models_dir, "talker", streams=False)
+    ref = plain.run(_talks(jobs, [t["hidden"] for t in thought], max_tokens=30))
+    for got, want in zip(out, ref):
+        assert not isinstance(got, BaseException), got
+        assert torch.equal(got["codes"]["codes"], want["codes"]["codes"])
+
+
+def test_a_new_thinker_attempt_restarts_the_talker_row_and_its_codes_stream(config, spec, models_dir):
+    from omnijobs.engines.hidden_stream import PORT, prompt_of, reply_of, send_handoff
+
+    thinker = _omni(spec, models_dir, "thinker")
+    job = f"rs-{time.time_ns()}"
+    dying, = thinker.run(_thoughts([job], [12]))
+    # The retry draws another reply (another seed): nothing of the first attempt may be in the result.
+    retry, = thinker.run([StageRequest("t2", {"prompt": "say 0", "modalities": ["text", "audio"]},
+                                       {"max_tokens": 12, "seed": 99, "temperature": 0.7}, job)])
+    talker = _omni(spec, models_dir, "talker", config)
+    writer = ChunkStreams(config, spec, "thinker")
+    first = req(job, "t")  # the first attempt's writer row
+    writer.emit_many([(first, PORT, prompt_of(dying["hidden"]), False), (first, PORT, reply_of(dying["hidden"], 0, 6), False)])
+    talked = []
+    speaker = threading.Thread(target=lambda: talked.extend(talker.run(_talks([job]))), daemon=True)
+    speaker.start()
+    client = redis.Redis.from_url(config.redis_url)
+    codes_key = edge_key(job, "talker", "codes")
+    deadline = time.monotonic() + 30
+    while not client.exists(codes_key) and time.monotonic() < deadline:  # it spoke from the first attempt
+        time.sleep(0.01)
+    assert client.exists(codes_key)
+    send_handoff(writer, req(job, "t"), retry["hidden"])  # the retry: a new attempt, from its first chunk
+    speaker.join(60)
+    assert not speaker.is_alive() and not isinstance(talked[0], BaseException), talked
+    plain = _omni(spec, models_dir, "talker", streams=False)
+    ref, = plain.run(_talks([job], [retry["hidden"]]))
+    assert torch.equal(talked[0]["codes"]["codes"], ref["codes"]["codes"])
+    # Its codes stream restarted too: a reader ends at the second attempt, holding exactly those codes.
+    attempts = {int(f[b"attempt"]) for _, f in client.xrange(codes_key)}
+    assert attempts == {1, 2}
+    edge = ChunkStreams(config, spec, "code2wav").open(job, "talker.codes")
+    ChunkStreams(config, spec, "code2wav").read([edge], 100)
+    assert edge.attempt == 2 and edge.ended
+    assert torch.equal(torch.from_numpy(np.concatenate([c for c in edge.chunks if c is not None], axis=1)),
+                       ref["codes"]["codes"])

@@ -266,3 +266,19 @@ def test_streams_must_name_an_input_fed_by_a_stage():
     text = (FIXTURES / "streamed.yaml").read_text().replace("streams: {prompt:", "streams: {other:")
     with pytest.raises(Exception, match="streams.other"):
         parse(text, "streamed")
+
+
+def test_a_streamed_edge_needs_engines_that_write_and_read_it_as_a_stream():
+    text = (FIXTURES / "streamed.yaml").read_text()
+    # An engine that reads its input only once the upstream has ended: a stream would never be read.
+    reader = text.replace("engine: tests.fixtures.engines:STREAMED_ECHO\n    inputs: {prompt: a.text}",
+                          "engine: tests.fixtures.engines:ECHO\n    inputs: {prompt: a.text}")
+    assert reader != text
+    with pytest.raises(Exception, match="cannot read input 'prompt' as a stream"):
+        parse(reader, "streamed")
+    # An upstream that writes no chunks: the reader would wait for ever.
+    writer = text.replace("engine: tests.fixtures.engines:STREAMED_ECHO\n    inputs: {prompt: job.prompt}",
+                          "engine: tests.fixtures.engines:ECHO\n    inputs: {prompt: job.prompt}")
+    assert writer != text
+    with pytest.raises(Exception, match="does not write 'text' as a stream"):
+        parse(writer, "streamed")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from omnijobs.engines.base import RowResult, StageRequest
+from omnijobs.engines.hidden_stream import PORT, send_handoff
 from omnijobs.engines.hub import not_found
 from omnijobs.engines.vllm.children import watch_children
 from omnijobs.engines.vllm.engine import VLLMEngine, _Live, _stop_ids
@@ -112,6 +113,9 @@ class VLLMOmniThinkerEngine(VLLMEngine):
                     waiting.result["hidden"] = bundle(states, waiting.n_reply, waiting.prompt, self.layer,
                                                       self.layers, self.num_layers, self.prompts.media_ids,
                                                       self.weights)
+                    if self.ctx.chunks is not None and PORT in self.ctx.chunks.outgoing:
+                        # The talker reads a stream: the states come only now, all in one piece.
+                        send_handoff(self.ctx.chunks, waiting.req, waiting.result["hidden"])
                     done.append((waiting.req, waiting.result))
         return done
 
