@@ -145,11 +145,12 @@ def side(stack: Stack, pipeline: str, concurrency: int, jobs: int, seed0: int, s
                                               for k in range(n)))
             return out
 
-    decoder = f"{pipeline}.{STAGES[-1]}"
-    cpu0 = stack.cpu_s()[decoder]
+    workers = [f"{pipeline}.{s}" for s in STAGES]
+    cpu0 = stack.cpu_s()
     began = time.perf_counter()
     seen = asyncio.run(go())
-    decoder_cpu = (stack.cpu_s()[decoder] - cpu0) / len(seen)
+    cpu1 = stack.cpu_s()
+    cpu = {w.rpartition(".")[2]: (cpu1[w] - cpu0[w]) / len(seen) for w in workers}
     wall = max(s.started + s.end for s in seen) - began
     streamed = pipeline == STREAMED
     if streamed and any(not s.chunks for s in seen):
@@ -169,7 +170,7 @@ def side(stack: Stack, pipeline: str, concurrency: int, jobs: int, seed0: int, s
             "rtf": statistics.median(t / a for t, a in zip(last, audio, strict=True)) if streamed else None,
             "chunks": statistics.median(len(s.chunks) for s in seen) if streamed else None,
             "audio_s": statistics.median(audio) if streamed else None,
-            "decoder_cpu": decoder_cpu, "load": os.getloadavg()[0]}
+            "cpu": cpu, "load": os.getloadavg()[0]}
 
 
 def table(concurrency: int, jobs: int, whole: list[dict], streamed: list[dict], repeats: int,
@@ -184,8 +185,8 @@ def table(concurrency: int, jobs: int, whole: list[dict], streamed: list[dict], 
     t.add("end-to-end, p50 (s)", [w["e2e"] for w in whole], [s["e2e"] for s in streamed], 3)
     t.add("end-to-end, p99 (s)", [w["e2e_p99"] for w in whole], [s["e2e_p99"] for s in streamed], 3)
     t.add("throughput (jobs/s)", [w["jobs_per_s"] for w in whole], [s["jobs_per_s"] for s in streamed], 3)
-    t.add(f"{STAGES[-1]} worker CPU per job (s)", [w["decoder_cpu"] for w in whole],
-          [s["decoder_cpu"] for s in streamed], 3)
+    for name in STAGES:
+        t.add(f"{name} worker CPU per job (s)", [w["cpu"][name] for w in whole], [s["cpu"][name] for s in streamed], 3)
     t.add("streamed: audio chunks per job, p50", None, [s["chunks"] for s in streamed], 1, ratio=False)
     t.add("streamed: audio seconds per job, p50", None, [s["audio_s"] for s in streamed], 2, ratio=False)
     t.add("streamed: real-time factor (submit → last chunk / audio s), p50", None,

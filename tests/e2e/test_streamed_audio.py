@@ -1,6 +1,6 @@
-"""Qwen3-Omni with its talker → code2wav edge streamed: real API, Redis, Postgres and one worker
-process per stage. The listener gets audio while the talker still runs, and what it got is the
-stored WAV; faults restart the stream and never splice two attempts."""
+"""Qwen3-Omni with its thinker → talker → code2wav edges streamed: real API, Redis, Postgres and
+one worker process per stage. The listener gets audio while the thinker and the talker still run,
+and what it got is the stored WAV; faults restart the stream and never splice two attempts."""
 
 from __future__ import annotations
 
@@ -34,9 +34,9 @@ def omni(settings_env):
         c.stop()
 
 
-def body(seed: int, codes: int = 120) -> dict:
+def body(seed: int, codes: int = 120, tokens: int = 6) -> dict:
     return {"pipeline": "qwen3_omni", "inputs": {"prompt": f"tell me something {seed}"},
-            "params": {"thinker": {"max_tokens": 6, "seed": seed},
+            "params": {"thinker": {"max_tokens": tokens, "seed": seed},
                        "talker": {"min_tokens": codes, "max_tokens": codes, "seed": seed}}}
 
 
@@ -98,15 +98,18 @@ def frames(job: dict) -> int:
     return stage(job, "talker")["outputs"]["usage"]["codes"]
 
 
-def test_first_audio_arrives_before_the_talker_ends_and_the_chunks_are_the_wav(omni):
+def test_first_audio_arrives_before_the_thinker_and_talker_end_and_the_chunks_are_the_wav(omni):
     with omni.client() as http:
-        job = http.post("/v1/jobs", json=body(1, codes=200)).json()
+        job = http.post("/v1/jobs", json=body(1, codes=200, tokens=300)).json()
         listener = Listener(omni, job["id"])
         done = wait_job(http, job["id"], timeout=180)
         listener.join()
         assert done["status"] == "succeeded", done
         first_audio = next(t for t, e in listener.got if e["event"] == "audio")
+        thinker_end = datetime.fromisoformat(stage(done, "thinker")["finished_at"])
         talker_end = datetime.fromisoformat(stage(done, "talker")["finished_at"])
+        # The talker spoke from the thinker's stream: audio came out while the thinker still wrote.
+        assert first_audio < thinker_end, (first_audio, thinker_end)
         assert first_audio < talker_end, (first_audio, talker_end)
         assert "restart" not in listener.kinds()
         assert listener.audio_after_last_restart() == stored_pcm(http, job["id"])
@@ -168,12 +171,35 @@ def test_kill_9_of_the_talker_mid_stream_sends_only_the_new_attempts_audio(omni)
         assert done["status"] == "succeeded", done
         assert stage(done, "talker")["attempt"] == 2
         restarts = [e["data"] for _, e in listener.got if e["event"] == "restart"]
-        assert restarts and restarts[-1]["attempt"] == 2
+        assert restarts and restarts[-1]["attempt"] == 2, (listener.kinds(), done["stages"])
         # Every chunk after the last restart comes from the talker's second attempt.
         last = len(listener.kinds()) - 1 - listener.kinds()[::-1].index("restart")
         after = [e["data"] for _, e in listener.got][last:]
         assert all(d["attempt"] == 2 for d in after if "offset" in d)
         assert listener.audio_after_last_restart() == stored_pcm(http, job["id"])
+
+
+def test_kill_9_of_the_thinker_mid_stream_restarts_the_talker_from_its_new_attempt(omni):
+    with omni.client() as http:
+        # A long reply: the talker speaks from its first tokens while the thinker goes on writing.
+        job = http.post("/v1/jobs", json=body(6, codes=300, tokens=1500)).json()
+        listener = Listener(omni, job["id"])
+        _wait_audio(listener)
+        assert http.get(f"/v1/jobs/{job['id']}").json()["stages"][0]["status"] == "running"
+        omni.kill("worker-qwen3_omni.thinker")
+        omni.wait_workers_ready([omni.start_worker("qwen3_omni.thinker")], timeout=120)
+        done = wait_job(http, job["id"], timeout=300)
+        listener.join()
+        assert done["status"] == "succeeded", done
+        # The thinker ran again; the talker's run went on, its row started over from the new attempt.
+        assert stage(done, "thinker")["attempt"] == 2 and stage(done, "talker")["attempt"] == 1
+        restarts = [e["data"] for _, e in listener.got if e["event"] == "restart"]
+        assert restarts and restarts[-1]["attempt"] == 2  # the codes stream's second attempt
+        last = len(listener.kinds()) - 1 - listener.kinds()[::-1].index("restart")
+        after = [e["data"] for _, e in listener.got][last:]
+        assert all(d["attempt"] == 2 for d in after if "offset" in d)
+        assert listener.audio_after_last_restart() == stored_pcm(http, job["id"])
+        assert len(stored_pcm(http, job["id"])) // 2 == frames(done) * 1920 - 555
 
 
 def test_cancel_mid_stream_stops_both_stages_and_the_stream_expires(omni, settings_env):
