@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+from omnijobs.artifacts.base import free_chunks
+
 log = logging.getLogger(__name__)
 
 
@@ -22,6 +24,7 @@ def clean_finished_jobs(store, values, job_ids: Iterable) -> int:
                 # Shared memory holds nothing final, so every segment of the job can go, including
                 # one a killed worker wrote but never recorded.
                 removed += values.transit.delete_prefix(str(job_id))
+            removed += free_chunks(values.transit, str(job_id))
         except Exception:  # never fail the caller's real work over cleanup
             log.exception("could not clean up the artifacts of job %s", job_id)
     return removed

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from omnijobs import metrics
+from omnijobs.artifacts.base import free_chunks
 from omnijobs.artifacts.refs import is_ref, refs_in
 from omnijobs.artifacts.values import StageValues
 from omnijobs.cleanup import clean_finished_jobs
@@ -239,11 +240,12 @@ class StageRunner:
             return
         for job_id, refs in finished.items():
             self._delete(refs)
-            if self.values.transit.scheme == "shm":
-                try:
+            try:
+                if self.values.transit.scheme == "shm":
                     self.values.transit.delete_prefix(str(job_id))
-                except Exception:
-                    log.exception("could not free the shared memory of job %s", job_id)
+                free_chunks(self.values.transit, str(job_id))
+            except Exception:
+                log.exception("could not free the transit artifacts of job %s", job_id)
 
     def load_inputs(self, claimed: list[ClaimedRun]) -> tuple[list[tuple[ClaimedRun, dict]], dict]:
         """Each run's inputs in engine form; a run whose inputs cannot be read fails alone."""

@@ -22,6 +22,22 @@ def new_key(job_id: str, stage: str, port: str, ext: str = "") -> str:
     return f"{job_id}/{stage}/{port}-{secrets.token_urlsafe(16)}{ext}"
 
 
+# Where a job's stream chunks too large for Redis go (no stage is named so: stage names are
+# identifiers), so the job's end frees them all with one prefix.
+CHUNKS_FOLDER = ".chunks"
+
+
+def chunk_key(job_id: str, stage: str, port: str) -> str:
+    return new_key(job_id, CHUNKS_FOLDER, f"{stage}.{port}")
+
+
+def free_chunks(transit: "Connector", job_id: str) -> int:
+    """Delete a finished job's large stream chunks (shared memory frees a job's segments at once)."""
+    if transit.scheme == "shm":
+        return 0
+    return transit.delete_prefix(f"{job_id}/{CHUNKS_FOLDER}")
+
+
 class Connector(ABC):
     """A place for large artifacts. A missing artifact makes `get` raise FileNotFoundError."""
 

@@ -155,10 +155,10 @@ class ChunkStreams:
         if self.values is None:
             raise ValueError(f"a stream chunk of {len(data)} bytes exceeds the inline limit of {MAX_INLINE} "
                              "and this stage has no artifact store for it")
-        from omnijobs.artifacts.base import new_key
+        from omnijobs.artifacts.base import chunk_key
 
         transit = self.values.transit
-        uri = transit.put(new_key(req.job_id, self.stage, f"{port}-chunk"), data)
+        uri = transit.put(chunk_key(req.job_id, self.stage, port), data)
         out = {k: v for k, v in fields.items() if k != "data"}
         out["ref"] = uri
         if transit.scheme == "shm":

@@ -271,6 +271,26 @@ def test_qwen3_omni_thinker_talker_code2wav(models):
         assert np.abs(pcm(w["audio"]) - pcm(wavs[k % 3]["audio"])).max() <= 1
 
 
+def test_qwen3_code2wav_pieces_decoded_with_their_context_join_to_the_whole_decode(models):
+    """The streamed decode's windows (the first piece from frame 0, later ones with the transformer's
+    LEFT_CONTEXT and the convolutions' measured reach, each at its own padded width) give the whole
+    decode's samples, piece after piece with no gap or overlap."""
+    from omnijobs.engines.chunked_audio import Window
+
+    c2w = engine(models, "qwen3_omni_code2wav", "tiny/qwen3_omni/code2wav")
+    cfg = c2w.model.config
+    codes = torch.randint(0, cfg.codebook_size, (cfg.num_quantizers, 90), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():  # the released forward over all 90 frames at once
+        whole = c2w.model(codes.unsqueeze(0)).reshape(-1).float().numpy()
+    pieces = []
+    for start, end in [(0, 3), (3, 8), (8, 33), (33, 34), (34, 90)]:
+        first, last, skip, keep = c2w._window(start, end, 90)
+        pieces.append(c2w._decode([Window(None, codes[:, first:last], first, last, start, end, skip, keep)])[0])
+    joined = np.concatenate(pieces)
+    assert joined.shape == whole.shape == (90 * 1920 - c2w.tail,)
+    assert np.abs(joined - whole).max() <= 1e-5
+
+
 def test_qwen2_5_vl_images_and_text(models):
     vl = engine(models, "qwen2_5_vl", "tiny/qwen2_5_vl")
     out = vl.run([
