@@ -3,9 +3,9 @@
 One row's `hidden` stream holds, in order:
 - the hand-off's prompt part (a named bundle: prompt ids and states, masks, media extras, special
   embeddings), written once the row's first token is drawn;
-- reply parts (`reply_ids`, `reply_embeds`, `reply_hidden` of n tokens): each reply token's,
-  written once the next forward has consumed it (a row's last token, cut at max_tokens, never is:
-  as in the recorded bundle);
+- reply parts (`reply_ids`, `reply_embeds`, `reply_hidden` of n tokens): each reply token's
+  states exist once the next forward has consumed it (a row's last token, cut at max_tokens, never
+  is: as in the recorded bundle); they go out `first_chunk` tokens first, then `chunk` a part;
 - the end mark, once the row drew a stop token or reached max_tokens.
 
 Joined (`joined_handoff`), the chunks are the recorded bundle: the talker speaks the same either way.
@@ -65,7 +65,10 @@ class HiddenStream(StoppingCriteria):
                  max_tokens: list[int], speaks: list[bool], prompt_len: int, stop_ids: list[int], should_stop):
         self.engine, self.chunks, self.requests, self.rows = engine, chunks, requests, rows
         self.max_tokens, self.prompt_len, self.stop_ids, self.should_stop = max_tokens, prompt_len, set(stop_ids), should_stop
+        self.stream = chunks.outgoing[PORT]
         self.done = [not s for s in speaks]
+        self.held: list[list[dict[str, torch.Tensor]]] = [[] for _ in requests]  # reply tokens not sent yet
+        self.parts = [0] * len(requests)  # reply parts sent
         self.first: tuple | None = None  # the prefill's hidden states (every layer), until sent
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None  # (B, D) input and layer states it consumed
         self.layer = engine.hidden_layer()
@@ -93,10 +96,15 @@ class HiddenStream(StoppingCriteria):
                 out.append((req, PORT, self.engine.prompt_part(self.first, j, self.rows[j], self.prompt_len), False))
             else:  # token n-2, which this step's forward consumed
                 embeds, hidden = self.last
-                out.append((req, PORT, {"reply_ids": input_ids[j, -2:-1].long().cpu(),
-                                        "reply_embeds": embeds[j: j + 1].float().cpu(),
-                                        "reply_hidden": hidden[j: j + 1].float().cpu()}, False))
-            if int(input_ids[j, -1]) in self.stop_ids or n >= self.max_tokens[j]:
+                self.held[j].append({"reply_ids": input_ids[j, -2:-1].long().cpu(),
+                                     "reply_embeds": embeds[j: j + 1].float().cpu(),
+                                     "reply_hidden": hidden[j: j + 1].float().cpu()})
+            ends = int(input_ids[j, -1]) in self.stop_ids or n >= self.max_tokens[j]
+            size = (self.stream.first_chunk or self.stream.chunk) if self.parts[j] == 0 else self.stream.chunk
+            if self.held[j] and (ends or len(self.held[j]) >= size):
+                out.append((req, PORT, {k: torch.cat([t[k] for t in self.held[j]]) for k in REPLY}, False))
+                self.held[j], self.parts[j] = [], self.parts[j] + 1
+            if ends:
                 out.append((req, PORT, None, True))
                 self.done[j] = True
         if n == 1:

@@ -73,7 +73,7 @@ class TalkerFeeds:
         reading = [f.edge for f in self.feeds.values() if not f.edge.ended and not f.edge.lost]
         if reading:
             self.ctx.chunks.read(reading, 0 if can_step else WAIT_MS)
-        joining, failed = [], []
+        joining, failed, fed = [], [], []
         for f in list(self.feeds.values()):
             edge = f.edge
             if edge.lost:
@@ -88,7 +88,8 @@ class TalkerFeeds:
                 elif edge.chunks and (len(edge.chunks) >= 2 or edge.ended):
                     joining.append(self._build(f))
             elif f.row is not None and len(edge.chunks) > f.taken:
-                self._feed(f)
+                fed.append(f)
+        self._feed(fed)
         for req, _ in failed:
             self.drop({req.run_id})
         return joining, failed
@@ -140,13 +141,18 @@ class TalkerFeeds:
         f.taken, f.eos = len(f.edge.chunks), row.eos
         return f.req, row, f.sampling
 
-    def _feed(self, f: _Feed) -> None:
-        new = [c["reply_embeds"] for c in f.edge.chunks[f.taken:] if c is not None]
-        f.taken = len(f.edge.chunks)
-        states = qwen3_text_states(torch.cat(new), self.model) if new else None
-        if f.edge.ended:
-            states = f.eos.unsqueeze(0) if states is None else torch.cat([states, f.eos.unsqueeze(0)])
-        self.loop.feed(f.row, states, f.edge.ended)
+    def _feed(self, feeds: list[_Feed]) -> None:
+        """Give these rows the reply states their streams gained (all rows' in one projection)."""
+        new = [[c["reply_embeds"] for c in f.edge.chunks[f.taken:] if c is not None] for f in feeds]
+        sizes = [sum(e.shape[0] for e in embeds) for embeds in new]
+        flat = [e for embeds in new for e in embeds]
+        states = qwen3_text_states(torch.cat(flat), self.model).split(sizes) if flat else [None] * len(feeds)
+        for f, size, part in zip(feeds, sizes, states, strict=True):
+            f.taken = len(f.edge.chunks)
+            part = part if size else None
+            if f.edge.ended:
+                part = f.eos.unsqueeze(0) if part is None else torch.cat([part, f.eos.unsqueeze(0)])
+            self.loop.feed(f.row, part, f.edge.ended)
 
     def _start_over(self, f: _Feed) -> None:
         """The stream restarted (a new attempt of the thinker): drop the row built from the old one."""

@@ -210,7 +210,12 @@ def test_thinker_streams_its_states_and_the_talker_speaks_them_as_they_come(conf
     for job, t in zip(jobs, thought):
         edge = reader.open(job, "thinker.hidden")
         reader.read([edge], 100)
-        assert edge.ended and len(edge.chunks) == 1 + t["hidden"]["reply_ids"].shape[0] + 1
+        # The prompt part, reply parts of first_chunk tokens then chunk (the last one shorter), the end mark.
+        sizes = [c["reply_ids"].shape[0] for c in edge.chunks[1:-1]]
+        n = t["hidden"]["reply_ids"].shape[0]
+        assert edge.ended and edge.chunks[-1] is None and sum(sizes) == n
+        assert sizes == [b - a for a, b in zip([0, *schedule(n, StreamSpec(chunk=4, first_chunk=2))],
+                                               schedule(n, StreamSpec(chunk=4, first_chunk=2)))]
         joined = joined_handoff(edge.chunks[:-1])
         assert joined.keys() == t["hidden"].keys()
         for key, value in t["hidden"].items():
