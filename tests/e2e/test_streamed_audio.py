@@ -202,6 +202,19 @@ def test_kill_9_of_the_thinker_mid_stream_restarts_the_talker_from_its_new_attem
         assert len(stored_pcm(http, job["id"])) // 2 == frames(done) * 1920 - 555
 
 
+def test_a_thinker_that_fails_before_writing_fails_the_job_and_its_waiting_talker_stops(omni):
+    with omni.client() as http:
+        # The prompt plus 2040 tokens exceeds the tiny thinker's 2048 positions: refused before generation.
+        job = http.post("/v1/jobs", json=body(7, codes=50, tokens=2040)).json()
+        done = wait_job(http, job["id"], timeout=60)
+        assert done["status"] == "failed" and done["error"]["stage"] == "thinker", done
+        assert "positions" in done["error"]["message"]
+        # The talker, started beside the thinker to read its states, is canceled with the job rather
+        # than left waiting for a stream that will never come.
+        assert stage(done, "talker")["status"] == "canceled", done["stages"]
+        assert stage(done, "code2wav")["status"] in ("canceled", "waiting"), done["stages"]
+
+
 def test_cancel_mid_stream_stops_both_stages_and_the_stream_expires(omni, settings_env):
     with omni.client() as http:
         job = http.post("/v1/jobs", json=body(5, codes=2000)).json()
