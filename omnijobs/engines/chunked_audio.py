@@ -112,14 +112,16 @@ class ChunkedAudio:
                  decode: Callable[[list[Window]], list[np.ndarray]],
                  window: Callable[[int, int, int], tuple[int, int, int, int]],
                  lookahead: int = 0, max_rows: int = 64, max_window: int = MAX_WINDOW, min_window: int = 0,
-                 call_frames: int | None = None):
+                 call_frames: int | None = None, first_piece: int | None = None):
         self.ctx, self.port, self.groups, self.rate = ctx, port, groups, rate
         self.decode, self.window, self.lookahead, self.max_rows = decode, window, lookahead, max_rows
         # New frames one decoder call takes, all its rows together (None: max_rows × max_window).
         self.max_window, self.call_frames = max_window, call_frames
         stream = ctx.stage.streams.get(port)
         self.chunk = stream.chunk if stream else max_window
-        self.first = (stream.first_chunk or stream.chunk) if stream else max_window
+        # The first piece's frames: the stream's first chunk, unless the decoder renders a shorter
+        # one (a decoder with look-ahead gets its first chunk long enough to render it at once).
+        self.first = first_piece or ((stream.first_chunk or stream.chunk) if stream else max_window)
         # After the first piece, windows of at least this many frames (each pays its left context
         # once), in whole chunks of the stream.
         self.window_min = max(self.chunk, -(-min_window // self.chunk) * self.chunk)

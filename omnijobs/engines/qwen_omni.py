@@ -172,7 +172,10 @@ class Qwen2_5OmniToken2WavEngine(Engine):
         self.num_embeds = self.model.config.dit_config.num_embeds
         if self.stream is not None:
             options = self.ctx.stage.options
-            tiling = Tiling(self.stream.first_chunk or self.stream.chunk, self.stream.chunk,
+            # The first tile may be shorter than the stream's first chunk: a first chunk of
+            # `first_tile` + right_context frames is rendered the moment it arrives.
+            tiling = Tiling(int(options.get("first_tile") or self.stream.first_chunk or self.stream.chunk),
+                            self.stream.chunk,
                             int(options.get("left_context", LEFT_CONTEXT)), int(options.get("right_context", RIGHT_CONTEXT)),
                             int(options.get("vocoder_context", VOCODER_CONTEXT)),
                             bool(options.get("fixed_tiles", FIXED_TILES)))

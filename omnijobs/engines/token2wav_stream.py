@@ -170,7 +170,7 @@ class StreamedToken2Wav:
         self.per_frame = frame_samples(model)
         self.vocab = model.config.dit_config.num_embeds
         self.audio = ChunkedAudio(ctx, "codes", 1, rate, self._decode, self._window, lookahead=tiling.right,
-                                  max_rows=max_rows)
+                                  max_rows=max_rows, first_piece=tiling.first_chunk)
         self.voices: dict[str, SpeakerCondition] = {}
         self.parked: dict[str, tuple[StageRequest, torch.Tensor | None, EdgeStream]] = {}
 

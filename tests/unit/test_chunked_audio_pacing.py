@@ -62,3 +62,16 @@ def test_a_decoder_call_stays_within_its_frame_budget():
     assert a._call([alone, tiny]) == [alone]  # the most urgent row always goes, at most max_window frames
     assert a._end(alone) == 3 + 100
     assert audio()._call([big, small, tiny]) == [big, small, tiny]  # no budget: max_rows only
+
+
+def test_a_decoder_with_look_ahead_renders_a_shorter_first_piece_once_the_first_chunk_is_in():
+    # Stream chunks of 22 then 50; the decoder renders 10 first and needs 12 frames beyond a piece.
+    stage = StageSpec(name="dec", engine="x", inputs={"codes": "talker.codes"},
+                      streams={"codes": {"chunk": 50, "first_chunk": 22}})
+    ctx = EngineContext(stage=stage, device="cpu", model_path=None)
+    a = ChunkedAudio(ctx, "codes", 1, RATE, decode=None, window=None, lookahead=12, first_piece=10)
+    now = time.monotonic()
+    assert a._wake_ms(row(21), now) == float("inf")
+    assert a._wake_ms(row(22), now) == 0.0 and a._end(row(22)) == 10
+    # The next piece is a whole chunk of 50, ready once the second stream chunk (to frame 72) is in.
+    assert a._end(row(71, 10, ended=False)) == 10 and a._end(row(72, 10)) == 60
