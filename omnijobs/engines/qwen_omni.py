@@ -15,6 +15,7 @@ from transformers import (
 )
 
 from omnijobs.engines.base import Engine, RowResult, StageRequest
+from omnijobs.engines.chunked_audio import MAX_WINDOW
 from omnijobs.engines.diffusion.batching import Group, StepHook, generator, run_grouped
 from omnijobs.engines.loading import check_complete
 from omnijobs.engines.media_features import encode_wav
@@ -180,7 +181,10 @@ class Qwen2_5OmniToken2WavEngine(Engine):
                             int(options.get("vocoder_context", VOCODER_CONTEXT)),
                             bool(options.get("fixed_tiles", FIXED_TILES)))
             self.max_seqs = self.ctx.stage.batch.max_size
-            self.streamed = StreamedToken2Wav(self.ctx, self.model, self.speakers, tiling, OUTPUT_RATE, RENDER_ROWS)
+            frames = options.get("decode_frames")
+            self.streamed = StreamedToken2Wav(self.ctx, self.model, self.speakers, tiling, OUTPUT_RATE, RENDER_ROWS,
+                                              call_frames=int(frames) if frames else None,
+                                              max_window=int(options.get("decode_window") or MAX_WINDOW))
 
     def run(self, batch: list[StageRequest]) -> list[RowResult]:
         if self.stream is not None:

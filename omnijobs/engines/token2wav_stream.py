@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from omnijobs.engines.base import EngineContext, RowResult, StageRequest
-from omnijobs.engines.chunked_audio import IDLE_WAIT_MS, STEP_WAIT_MS, ChunkedAudio, Window
+from omnijobs.engines.chunked_audio import IDLE_WAIT_MS, MAX_WINDOW, STEP_WAIT_MS, ChunkedAudio, Window
 from omnijobs.engines.token2wav import MelRow, SpeakerCondition, sample_mels, vocode
 from omnijobs.errors import FatalStageError, RetryableStageError
 from omnijobs.streaming.chunks import EdgeStream
@@ -165,12 +165,13 @@ class StreamedToken2Wav:
     """
 
     def __init__(self, ctx: EngineContext, model, speakers: dict[str, SpeakerCondition], tiling: Tiling,
-                 rate: int, max_rows: int):
+                 rate: int, max_rows: int, call_frames: int | None = None, max_window: int = MAX_WINDOW):
         self.ctx, self.model, self.speakers, self.tiling = ctx, model, speakers, tiling
         self.per_frame = frame_samples(model)
         self.vocab = model.config.dit_config.num_embeds
         self.audio = ChunkedAudio(ctx, "codes", 1, rate, self._decode, self._window, lookahead=tiling.right,
-                                  max_rows=max_rows, first_piece=tiling.first_chunk)
+                                  max_rows=max_rows, first_piece=tiling.first_chunk, call_frames=call_frames,
+                                  max_window=max_window)
         self.voices: dict[str, SpeakerCondition] = {}
         self.parked: dict[str, tuple[StageRequest, torch.Tensor | None, EdgeStream]] = {}
 
