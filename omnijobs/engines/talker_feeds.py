@@ -77,6 +77,8 @@ class TalkerFeeds:
         for f in list(self.feeds.values()):
             edge = f.edge
             if edge.lost:
+                if f.row is not None and f.parked is None:
+                    self.loop.abort({f.req.run_id})  # out of the batch: its run fails (and is retried)
                 failed.append((f.req, RetryableStageError(edge.lost)))
                 continue
             if edge.restarted:

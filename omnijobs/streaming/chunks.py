@@ -113,7 +113,8 @@ class ChunkStreams:
         rows = [r for r in rows if r[1] in self.outgoing]
         if not rows:
             return
-        fresh = [(r[0], r[1]) for r in rows if (id(r[0]), r[1]) not in self._writing]
+        # One attempt number per row and port, however many of its chunks this call carries.
+        fresh = list({(id(r[0]), r[1]): (r[0], r[1]) for r in rows if (id(r[0]), r[1]) not in self._writing}.values())
         if fresh:
             pipe = self.redis.pipeline(transaction=False)
             for req, port in fresh:

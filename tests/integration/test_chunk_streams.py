@@ -299,3 +299,33 @@ def test_a_new_thinker_attempt_restarts_the_talker_row_and_its_codes_stream(conf
     assert edge.attempt == 2 and edge.ended
     assert torch.equal(torch.from_numpy(np.concatenate([c for c in edge.chunks if c is not None], axis=1)),
                        ref["codes"]["codes"])
+
+
+def test_a_talker_row_whose_stream_lost_chunks_fails_alone_and_leaves_the_batch(config, spec, models_dir):
+    from omnijobs.engines.hidden_stream import PORT, prompt_of, reply_of
+    from omnijobs.errors import RetryableStageError
+    from omnijobs.streaming.chunks import encode_payload
+
+    thinker = _omni(spec, models_dir, "thinker")
+    job = f"lost-{time.time_ns()}"
+    thought, = thinker.run(_thoughts([job], [12]))
+    hidden = thought["hidden"]
+    writer = ChunkStreams(config, spec, "thinker")
+    row = req(job, "t")
+    writer.emit_many([(row, PORT, prompt_of(hidden), False), (row, PORT, reply_of(hidden, 0, 3), False)])
+    talker = _omni(spec, models_dir, "talker", config)
+    talker.add(_talks([job])[0])
+    for _ in range(50):  # it joins and speaks up to the text it has
+        talker.step()
+        if talker.loop.rows and talker.loop.rows[0].starving():
+            break
+    assert talker.loop.rows and talker.loop.rows[0].starving()
+    # The next entry of the attempt skips a sequence number: chunks went missing.
+    client = redis.Redis.from_url(config.redis_url)
+    key = edge_key(job, "thinker", "hidden")
+    assert [int(f[b"attempt"]) for _, f in client.xrange(key)] == [1, 1]  # one attempt for both chunks
+    client.xadd(key, {"attempt": 1, "seq": 3, "end": 0, **encode_payload(reply_of(hidden, 3, 4))})
+    results = talker.step()
+    assert len(results) == 1 and isinstance(results[0][1], RetryableStageError), results
+    assert "lost chunks" in str(results[0][1])
+    assert talker.loop.rows == [] and talker.feeds.feeds == {}
