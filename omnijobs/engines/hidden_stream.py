@@ -19,6 +19,7 @@ import torch
 from transformers import StoppingCriteria
 
 from omnijobs.engines.base import StageRequest
+from omnijobs.streaming.chunks import whole_chunks
 
 PORT = "hidden"
 REPLY = ("reply_ids", "reply_embeds", "reply_hidden")
@@ -68,7 +69,7 @@ class HiddenStream(StoppingCriteria):
         self.stream = chunks.outgoing[PORT]
         self.done = [not s for s in speaks]
         self.held: list[list[dict[str, torch.Tensor]]] = [[] for _ in requests]  # reply tokens not sent yet
-        self.parts = [0] * len(requests)  # reply parts sent
+        self.sent = [0] * len(requests)  # reply tokens sent
         self.first: tuple | None = None  # the prefill's hidden states (every layer), until sent
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None  # (B, D) input and layer states it consumed
         self.layer = engine.hidden_layer()
@@ -100,10 +101,13 @@ class HiddenStream(StoppingCriteria):
                                      "reply_embeds": embeds[j: j + 1].float().cpu(),
                                      "reply_hidden": hidden[j: j + 1].float().cpu()})
             ends = int(input_ids[j, -1]) in self.stop_ids or n >= self.max_tokens[j]
-            size = (self.stream.first_chunk or self.stream.chunk) if self.parts[j] == 0 else self.stream.chunk
-            if self.held[j] and (ends or len(self.held[j]) >= size):
-                out.append((req, PORT, {k: torch.cat([t[k] for t in self.held[j]]) for k in REPLY}, False))
-                self.held[j], self.parts[j] = [], self.parts[j] + 1
+            held = self.sent[j] + len(self.held[j])
+            cut = whole_chunks(self.sent[j], held, self.stream)
+            upto = held if ends else (cut[-1][1] if cut else self.sent[j])
+            if upto > self.sent[j]:  # whole chunks while the row runs, the rest with its end
+                part, self.held[j] = self.held[j][: upto - self.sent[j]], self.held[j][upto - self.sent[j]:]
+                out.append((req, PORT, {k: torch.cat([t[k] for t in part]) for k in REPLY}, False))
+                self.sent[j] = upto
             if ends:
                 out.append((req, PORT, None, True))
                 self.done[j] = True

@@ -113,6 +113,9 @@ class ChunkStreams:
         rows = [r for r in rows if r[1] in self.outgoing]
         if not rows:
             return
+        # Encoded (and large ones stored) first: a chunk that cannot be written must not advance any
+        # row's sequence, or its readers would find a gap.
+        fields = [None if r[2] is None else self._large(r[0], r[1], encode_payload(r[2])) for r in rows]
         # One attempt number per row and port, however many of its chunks this call carries.
         fresh = list({(id(r[0]), r[1]): (r[0], r[1]) for r in rows if (id(r[0]), r[1]) not in self._writing}.values())
         if fresh:
@@ -126,12 +129,12 @@ class ChunkStreams:
         # NOTE: one transaction, so a reader blocked on these streams wakes to all of the step's
         # chunks at once and decodes them in one call, not the first row's alone.
         pipe = self.redis.pipeline(transaction=True)
-        for req, port, payload, final in rows:
+        for (req, port, _, final), payload in zip(rows, fields, strict=True):
             slot = (id(req), port)
             _, attempt, seq = self._writing[slot]
             entry: dict[str, Any] = {"attempt": attempt, "seq": seq, "end": int(final)}
             if payload is not None:
-                entry.update(self._large(req, port, encode_payload(payload)))
+                entry.update(payload)
             key = edge_key(req.job_id, self.stage, port)
             pipe.xadd(key, entry)
             # NOTE: only a stream without an expiry gets one: a reader that is done (or a canceled

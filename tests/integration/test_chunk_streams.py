@@ -124,23 +124,12 @@ def test_talker_streams_into_code2wav_which_decodes_jobs_together(config, spec, 
     assert len({_pcm(o["audio"].data).tobytes() for o in wavs}) == 3
 
 
-class _Store:
-    """The transit store a stage hands large chunks to (a plain directory here)."""
-
-    def __init__(self, root):
-        from omnijobs.artifacts.file import FileConnector
-
-        self.transit = FileConnector(root)
-        self.host = "here"
-
-    def reader(self, uri):
-        return self.transit
-
-
 def test_a_chunk_over_the_inline_limit_goes_through_the_artifact_store(config, spec, tmp_path):
+    from omnijobs.artifacts.values import StageValues
+    from omnijobs.settings import Settings
     from omnijobs.streaming.chunks import MAX_INLINE
 
-    store = _Store(tmp_path)
+    store = StageValues(Settings(artifacts="file", artifacts_dir=tmp_path))
     writer = ChunkStreams(config, spec, "thinker", values=store)
     reader = ChunkStreams(config, spec, "talker", values=store)
     big = {"prompt_embeds": torch.randn(MAX_INLINE // 4 + 10), "prompt_ids": torch.arange(5)}
@@ -163,10 +152,15 @@ def test_a_chunk_over_the_inline_limit_goes_through_the_artifact_store(config, s
     (tmp_path / job / "thinker" / "text-x").write_bytes(b"kept")
     assert free_chunks(store.transit, job) == 1
     assert not (tmp_path / job / ".chunks").exists() and (tmp_path / job / "thinker" / "text-x").exists()
-    # Without a store such a chunk is refused before anything is written.
+    # Without a store such a chunk is refused before anything is written, and the row's next chunk
+    # still starts its stream (no sequence number was spent on the refused one).
+    plain, refused, other = ChunkStreams(config, spec, "thinker"), req(f"j4-{job}"), req(f"j4-{job}")
     with pytest.raises(ValueError, match="inline limit"):
-        ChunkStreams(config, spec, "thinker").emit(req("j4"), "hidden", big)
-    assert not redis.Redis.from_url(config.redis_url).exists(edge_key("j4", "thinker", "hidden"))
+        plain.emit_many([(other, "hidden", torch.ones(2), False), (refused, "hidden", big, False)])
+    client = redis.Redis.from_url(config.redis_url)
+    assert not client.exists(edge_key(refused.job_id, "thinker", "hidden"))
+    plain.emit(other, "hidden", torch.ones(2))
+    assert [int(f[b"seq"]) for _, f in client.xrange(edge_key(other.job_id, "thinker", "hidden"))] == [0]
 
 
 def _omni(spec, models_dir, stage: str, config=None, streams: bool = True):
