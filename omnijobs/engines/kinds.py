@@ -76,6 +76,7 @@ ENGINE_KINDS: dict[str, EngineKind] = {
             extra="transformers",
             inputs={"hidden": "tensor"},
             outputs={"codes": "tensor", "speaker": "text", "usage": "json"},
+            streams_in=frozenset({"hidden"}),
             streams_out=frozenset({"codes", "speaker"}),
         ),
         EngineKind(

@@ -30,6 +30,14 @@ class TalkerRow:
     eos: torch.Tensor | None = None  # (D,): what ends `text` (Qwen3: tts-eos), for a row whose text streams in
 
 
+def handoff_bundle(req) -> dict[str, torch.Tensor]:
+    """A talker request's recorded hand-off (its `hidden` input)."""
+    bundle = req.inputs.get("hidden")
+    if not isinstance(bundle, dict):
+        raise FatalStageError(f"input 'hidden' must be the thinker's tensor bundle, got {type(bundle).__name__}")
+    return bundle
+
+
 def check_bundle(bundle: dict[str, torch.Tensor], needs: list[str]) -> None:
     missing = [k for k in (*BUNDLE_KEYS, *needs) if k not in bundle]
     if missing:
@@ -40,15 +48,19 @@ def _extras(bundle: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: bundle[k] for k in ("image_grid_thw", "audio_feature_lengths") if k in bundle}
 
 
-def qwen2_5_talker_row(bundle: dict[str, torch.Tensor], speaker: str, talker) -> TalkerRow:
+def qwen2_5_talker_row(bundle: dict[str, torch.Tensor], speaker: str, talker, complete: bool = True) -> TalkerRow:
     """Qwen2.5-Omni: prompt (last hidden + input embeddings, media positions blanked), the speaker's
-    text-bos, the first reply token; the rest of the reply, text-eos and text-pad feed later steps."""
+    text-bos, the first reply token; the rest of the reply, text-eos and text-pad feed later steps.
+
+    `complete=False`: the reply is still being written (at least its first token is there); the
+    row's text then ends with what came, `qwen2_5_text_states` gives the rest as it comes, and the
+    row's `eos` (text-eos) ends it, text-pad after it as always."""
     speaker_key = f"embed.speaker.{speaker}"
     check_bundle(bundle, [speaker_key, "embed.tts_text_eod", "embed.tts_pad"])
     embeds = bundle["prompt_embeds"].masked_fill(bundle["prompt_mm_mask"].unsqueeze(-1), 0.0)
     prompt = bundle["prompt_hidden"] + embeds
     eos, pad = bundle["embed.tts_text_eod"], bundle["embed.tts_pad"]
-    reply = bundle["reply_hidden"] + bundle["reply_embeds"]
+    reply = qwen2_5_text_states(bundle["reply_hidden"], bundle["reply_embeds"])
     reply_ids = bundle["reply_ids"]
     if reply.shape[0] == 0:  # the thinker said nothing: speak just the end of text
         reply, reply_ids = eos.unsqueeze(0), torch.tensor([talker.text_eos_token])
@@ -58,10 +70,17 @@ def qwen2_5_talker_row(bundle: dict[str, torch.Tensor], speaker: str, talker) ->
         ids=torch.cat([torch.full((n,), talker.codec_mask_token),
                        torch.tensor([talker.codec_pad_token, talker.codec_bos_token])]).long(),
         text_ids=torch.cat([bundle["prompt_ids"], torch.tensor([talker.text_bos_token]), reply_ids[:1]]).long(),
-        text=torch.cat([reply[1:], eos.unsqueeze(0), pad.unsqueeze(0)]),
+        text=torch.cat([reply[1:], eos.unsqueeze(0), pad.unsqueeze(0)]) if complete else reply[1:],
         pad=pad,
+        eos=eos,
         extras=_extras(bundle),
     )
+
+
+def qwen2_5_text_states(reply_hidden: torch.Tensor, reply_embeds: torch.Tensor) -> torch.Tensor:
+    """The talker's text states of reply tokens (n, D): the thinker's last hidden state plus the
+    token's input embedding (the talker projects them itself)."""
+    return reply_hidden + reply_embeds
 
 
 def qwen3_text_states(reply_embeds: torch.Tensor, talker) -> torch.Tensor:

@@ -14,14 +14,13 @@ from transformers import (
 from omnijobs.engines.base import Engine, RowResult, StageRequest
 from omnijobs.engines.chunked_audio import ChunkedAudio, Window
 from omnijobs.engines.multimodal_lm import MultimodalLMEngine
-from omnijobs.engines.omni_glue import TalkerRow, qwen3_talker_row
-from omnijobs.engines.qwen_omni import _bundle, _load
-from omnijobs.engines.qwen3_talker_loop import LoopRow, TalkerLoop
+from omnijobs.engines.loop_talker import LoopTalkerEngine
+from omnijobs.engines.omni_glue import TalkerRow, qwen3_talker_row, qwen3_text_states
+from omnijobs.engines.qwen3_talker_loop import Qwen3TalkerLoop
+from omnijobs.engines.qwen_omni import _load
 from omnijobs.engines.talker import talker_sampling
-from omnijobs.engines.talker_feeds import TalkerFeeds
 from omnijobs.engines.torch_runtime import torch_device
 from omnijobs.errors import FatalStageError
-from omnijobs.streaming.chunks import whole_chunks
 
 OUTPUT_RATE = 24000
 # Frames of left context the decoder's transformer reads before a window (measured on the tiny
@@ -56,18 +55,10 @@ class Qwen3OmniThinkerEngine(MultimodalLMEngine):
         return ((feat - 1) // 2 + 1 - 1) // 2 + 1 + (frames // chunk) * 13
 
 
-class Qwen3OmniTalkerEngine(Engine):
+class Qwen3OmniTalkerEngine(LoopTalkerEngine):
     """Thinker states → multi-codebook codes (G, T): the talker draws the first group, its code
-    predictor the other G-1 at every step.
-
-    Rows join and leave between steps (add / step / abort, engines/qwen3_talker_loop.py): the
-    worker runs it in its continuous loop, so a job that arrives while others are speaking starts
-    at the next step, and its first codes (and first audio, where code2wav streams them) come
-    without waiting for the others to end. Where code2wav reads `codes` as a stream, each row's
-    frames go out as they are made: `first_chunk` frames, then `chunk`, the rest with the end mark.
-    Where the talker reads `hidden` as a stream, a row starts once the thinker's first reply token
-    is out and takes the rest as it comes (engines/talker_feeds.py).
-    """
+    predictor the other G-1 at every step, in the decode loop (engines/loop_talker.py,
+    engines/qwen3_talker_loop.py)."""
 
     def load(self) -> None:
         self.device = torch_device(self.ctx.device)
@@ -85,115 +76,21 @@ class Qwen3OmniTalkerEngine(Engine):
         # The top 1024 ids are control tokens; only end-of-speech may be sampled among them.
         self.suppress = [i for i in range(vocab - 1024, vocab) if i != cfg.codec_eos_token_id]
         self.eos_ids = [cfg.codec_eos_token_id]
-        self.max_seqs = self.ctx.stage.batch.max_size
-        self.loop = TalkerLoop(self.model, self.device, self.suppress, cfg.codec_eos_token_id)
-        self.stream = self.ctx.chunks.outgoing.get("codes") if self.ctx.chunks is not None else None
-        self._joining: list[tuple[StageRequest, TalkerRow, dict]] = []
-        self._sent: dict[str, int] = {}  # frames of each streamed row already sent
-        self.feeds = TalkerFeeds(self.ctx, self.loop, self.model, on_restart=self._restart_codes)
-        if self.stream is not None:
-            self.loop.on_frames = lambda: self._emit([])
+        self.loop = Qwen3TalkerLoop(self.model, self.device, self.suppress, cfg.codec_eos_token_id)
+        self._start()
 
-    # ------------------------------------------------------------------ request by request
-
-    def add(self, req: StageRequest) -> RowResult | None:
+    def _prepare(self, req: StageRequest) -> tuple[dict, int]:
         speakers = self.model.config.speaker_id or {}
-        try:
-            speaker = str(req.params.get("speaker", "ethan")).lower()
-            if speaker not in speakers:
-                raise FatalStageError(f"unknown speaker {speaker!r}; this model has {', '.join(sorted(speakers))}")
-            sampling = talker_sampling(req.run_id, req.params)
-            if self.feeds.streamed(req):
-                return self.feeds.open(req, sampling, speakers[speaker])
-            with torch.no_grad():
-                row = qwen3_talker_row(_bundle(req), speakers[speaker], self.model)
-            self._joining.append((req, row, sampling))
-        except FatalStageError as exc:
-            return exc
-        return None
+        speaker = str(req.params.get("speaker", "ethan")).lower()
+        if speaker not in speakers:
+            raise FatalStageError(f"unknown speaker {speaker!r}; this model has {', '.join(sorted(speakers))}")
+        return talker_sampling(req.run_id, req.params), speakers[speaker]
 
-    def step(self) -> list[tuple[StageRequest, RowResult]]:
-        ended, failed = [], []
-        with torch.no_grad():
-            if self.feeds.feeds:
-                can_step = bool(self._joining) or any(not r.starving() for r in self.loop.rows)
-                fed, failed = self.feeds.follow(can_step)
-                self._joining += fed
-            if self._joining:
-                reqs, rows, samplings = zip(*self._joining, strict=True)
-                self._joining = []
-                ended += self.loop.join(list(reqs), list(rows), list(samplings))
-                self.feeds.joined()
-            # Streamed rows whose next text state has not come are parked first (or, if all wait, nobody steps).
-            can_step = self.feeds.balance() if self.feeds.feeds else bool(self.loop.rows)
-            if can_step:
-                ended += self.loop.step()
-        self._emit(ended)
-        for req, _ in failed:
-            self._sent.pop(req.run_id, None)
-        self.feeds.drop({r.req.run_id for r in ended})
-        return [(r.req, self._result(r)) for r in ended] + failed
+    def _talker_row(self, bundle, speaker, complete=True) -> TalkerRow:
+        return qwen3_talker_row(bundle, speaker, self.model, complete=complete)
 
-    def abort(self, run_ids) -> list[tuple[StageRequest, RowResult]]:
-        run_ids = set(run_ids)
-        gone = [req for req, _, _ in self._joining if req.run_id in run_ids]
-        self._joining = [j for j in self._joining if j[0].run_id not in run_ids]
-        gone += [r.req for r in self.loop.abort(run_ids)]
-        gone += self.feeds.drop(run_ids)  # those waiting outside the batch
-        for req in gone:
-            self._sent.pop(req.run_id, None)
-        return [(req, FatalStageError("canceled")) for req in gone]
-
-    # ------------------------------------------------------------------ a whole batch
-
-    def run(self, batch: list[StageRequest]) -> list[RowResult]:
-        results: dict[str, RowResult] = {}
-        for req in batch:
-            error = self.add(req)
-            if error is not None:
-                results[req.run_id] = error
-        try:
-            while self._joining or self.loop.rows or self.feeds.feeds:
-                stop = [run_id for run_id in self._in_flight() if self.ctx.should_stop(run_id)]
-                results.update((req.run_id, result) for req, result in self.abort(stop))
-                results.update((req.run_id, result) for req, result in self.step())
-        finally:
-            self.abort(self._in_flight())
-        return [results[req.run_id] for req in batch]
-
-    def _in_flight(self) -> list[str]:
-        return list({*(r.req.run_id for r in self.loop.rows), *(req.run_id for req, _, _ in self._joining),
-                     *self.feeds.feeds})
-
-    def _restart_codes(self, req: StageRequest) -> None:
-        """The row starts over: its next codes open a new attempt of its stream."""
-        self._sent.pop(req.run_id, None)
-        if self.stream is not None:
-            self.ctx.chunks.restart(req, "codes")
-
-    # ------------------------------------------------------------------ inside
-
-    def _result(self, r: LoopRow) -> RowResult:
-        codes = torch.stack(r.frames, dim=1).long() if r.frames else torch.zeros((self.loop.groups, 0), dtype=torch.long)
-        return {"codes": {"codes": codes}, "usage": {"codes": int(codes.shape[1])}}
-
-    def _emit(self, ended: list[LoopRow]) -> None:
-        """Send the whole chunks the rows gained; an ended row's rest goes with the end mark."""
-        if self.stream is None:
-            return
-        out = []
-        for r in [*self.loop.rows, *ended]:
-            sent = self._sent.get(r.req.run_id, 0)
-            for start, sent in whole_chunks(sent, len(r.frames), self.stream):
-                out.append((r.req, "codes", torch.stack(r.frames[start:sent], dim=1), False))
-            if r.ended:
-                rest = torch.stack(r.frames[sent:], dim=1) if len(r.frames) > sent else None
-                out.append((r.req, "codes", rest, True))
-                self._sent.pop(r.req.run_id, None)
-            else:
-                self._sent[r.req.run_id] = sent
-        if out:
-            self.ctx.chunks.emit_many(out)
+    def _text_states(self, replies) -> torch.Tensor:
+        return qwen3_text_states(torch.cat([c["reply_embeds"] for c in replies]), self.model)
 
 
 class Qwen3OmniCode2WavEngine(Engine):

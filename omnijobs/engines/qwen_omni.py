@@ -7,11 +7,9 @@ from typing import ClassVar
 import numpy as np
 import torch
 from transformers import (
-    LogitsProcessorList,
     Qwen2_5OmniTalkerForConditionalGeneration,
     Qwen2_5OmniThinkerForConditionalGeneration,
     Qwen2_5OmniToken2WavModel,
-    StoppingCriteriaList,
 )
 
 from omnijobs.engines.base import Engine, RowResult, StageRequest
@@ -20,9 +18,10 @@ from omnijobs.engines.diffusion.batching import Group, StepHook, generator, run_
 from omnijobs.engines.loading import check_complete
 from omnijobs.engines.media_features import encode_wav
 from omnijobs.engines.multimodal_lm import MultimodalLMEngine
-from omnijobs.engines.omni_glue import qwen2_5_talker_row
-from omnijobs.engines.sampling import RowSampler, RowStop
-from omnijobs.engines.talker import MinCodes, code_stream, collate, talker_sampling
+from omnijobs.engines.loop_talker import LoopTalkerEngine
+from omnijobs.engines.omni_glue import TalkerRow, qwen2_5_talker_row, qwen2_5_text_states
+from omnijobs.engines.qwen2_5_talker_loop import Qwen2_5TalkerLoop
+from omnijobs.engines.talker import talker_sampling
 from omnijobs.engines.token2wav import MelRow, encode_speaker, sample_mels, vocode
 from omnijobs.engines.token2wav_stream import StreamedToken2Wav, Tiling
 from omnijobs.engines.torch_runtime import torch_device
@@ -66,78 +65,39 @@ def _load(cls, path):
     return model
 
 
-def _bundle(req: StageRequest) -> dict[str, torch.Tensor]:
-    bundle = req.inputs.get("hidden")
-    if not isinstance(bundle, dict):
-        raise FatalStageError(f"input 'hidden' must be the thinker's tensor bundle, got {type(bundle).__name__}")
-    return bundle
-
-
 def _speaker(req: StageRequest) -> str:
     return str(req.params.get("speaker", "Chelsie"))
 
 
-class Qwen2_5OmniTalkerEngine(Engine):
-    """Thinker states → codec codes; the full model's `generate` between thinker and token2wav."""
+class Qwen2_5OmniTalkerEngine(LoopTalkerEngine):
+    """Thinker states → codec codes (T,), in the decode loop (engines/loop_talker.py,
+    engines/qwen2_5_talker_loop.py). The speaker goes to token2wav with the codes: as an output,
+    and, where token2wav streams, as a one-chunk stream written before any code."""
 
     def load(self) -> None:
         self.device = torch_device(self.ctx.device)
         self.model = _load(Qwen2_5OmniTalkerForConditionalGeneration, self.ctx.model_path).to(self.device).eval()
         m = self.model
         self.eos_ids = [m.codec_eos_token, m.codec_pad_token]
+        self.loop = Qwen2_5TalkerLoop(m, self.device)
+        self._start()
 
-    def run(self, batch: list[StageRequest]) -> list[RowResult]:
-        results: list[RowResult | None] = [None] * len(batch)
-        rows, sampling, live = [], [], []
-        for i, req in enumerate(batch):
-            try:
-                rows.append(qwen2_5_talker_row(_bundle(req), _speaker(req), self.model))
-                sampling.append(talker_sampling(req.run_id, req.params))
-                live.append(i)
-            except FatalStageError as exc:
-                results[i] = exc
-                rows = rows[: len(live)]
-        if not live:
-            return results
-        m = self.model
-        enc = collate(rows, m.codec_pad_token, self.device)
-        prompt_len = enc["input_ids"].shape[1]
-        extra = {k: enc[k] for k in ("image_grid_thw", "audio_feature_lengths") if k in enc}
-        m.rope_deltas = None
-        requests = [batch[i] for i in live]
+    def _prepare(self, req: StageRequest) -> tuple[dict, str]:
+        sampling, speaker = talker_sampling(req.run_id, req.params), _speaker(req)
         if self.ctx.chunks is not None:
-            # Before any code: a downstream stage that starts beside this one learns its voice first.
-            self.ctx.chunks.emit_many([(req, "speaker", np.frombuffer(_speaker(req).encode(), np.uint8), True)
-                                       for req in requests])
-        streamed = code_stream(self.ctx, "codes", requests, [s["max_tokens"] for s in sampling], self.eos_ids,
-                               prompt_len, from_tokens=True)
-        with torch.no_grad():
-            out = m.generate(
-                input_ids=enc["input_ids"], inputs_embeds=enc["inputs_embeds"], attention_mask=enc["attention_mask"],
-                input_text_ids=enc["text_ids"], thinker_reply_part=enc["text"],
-                max_new_tokens=max(s["max_tokens"] for s in sampling), do_sample=False,
-                eos_token_id=self.eos_ids, pad_token_id=m.codec_pad_token,
-                suppress_tokens=[m.codec_bos_token, m.codec_mask_token],
-                logits_processor=LogitsProcessorList([
-                    MinCodes(prompt_len, [s["min_tokens"] for s in sampling], self.eos_ids),
-                    RowSampler(sampling, self.eos_ids),
-                ]),
-                stopping_criteria=StoppingCriteriaList([RowStop(
-                    prompt_len, [s["max_tokens"] for s in sampling], [batch[i].run_id for i in live],
-                    self.ctx.should_stop), *([streamed] if streamed else [])]),
-                **extra,
-            )
-        for j, i in enumerate(live):
-            codes = out[j, prompt_len:].tolist()[: sampling[j]["max_tokens"]]
-            end = next((k for k, c in enumerate(codes) if c in self.eos_ids), len(codes))
-            results[i] = {
-                "codes": {"codes": torch.tensor(codes[:end], dtype=torch.long)},
-                "speaker": _speaker(batch[i]),
-                "usage": {"codes": end},
-            }
-        if streamed:
-            streamed.finish([results[i]["codes"]["codes"].unsqueeze(0) for i in live])
-        return results
+            # Before any code: a token2wav that starts beside this stage learns its voice first.
+            self.ctx.chunks.emit_many([(req, "speaker", np.frombuffer(speaker.encode(), np.uint8), True)])
+        return sampling, speaker
+
+    def _talker_row(self, bundle, speaker, complete=True) -> TalkerRow:
+        return qwen2_5_talker_row(bundle, speaker, self.model, complete=complete)
+
+    def _text_states(self, replies) -> torch.Tensor:
+        return qwen2_5_text_states(torch.cat([c["reply_hidden"] for c in replies]),
+                                   torch.cat([c["reply_embeds"] for c in replies]))
+
+    def _outputs(self, req: StageRequest, codes: torch.Tensor) -> dict:
+        return {"codes": {"codes": codes[0]}, "speaker": _speaker(req), "usage": {"codes": int(codes.shape[1])}}
 
 
 class Qwen2_5OmniToken2WavEngine(Engine):

@@ -20,8 +20,8 @@ import torch
 
 from omnijobs.engines.base import StageRequest
 from omnijobs.engines.hidden_stream import joined_handoff
-from omnijobs.engines.omni_glue import TalkerRow, qwen3_talker_row, qwen3_text_states
-from omnijobs.engines.qwen3_talker_loop import LoopRow, Parked, TalkerLoop
+from omnijobs.engines.omni_glue import TalkerRow
+from omnijobs.engines.talker_loop import LoopRow, Parked, TalkerLoop
 from omnijobs.errors import FatalStageError, RetryableStageError
 from omnijobs.streaming.chunks import EdgeStream
 
@@ -35,7 +35,7 @@ class _Feed:
     req: StageRequest
     edge: EdgeStream
     sampling: dict[str, Any]
-    speaker: int
+    speaker: Any
     taken: int = 0  # chunks of the edge in the row so far (0: not built yet)
     row: LoopRow | None = None  # once it joined the batch
     eos: torch.Tensor | None = None  # what ends its text
@@ -43,10 +43,15 @@ class _Feed:
 
 
 class TalkerFeeds:
-    """The streamed rows of one Qwen3-Omni talker engine, around its TalkerLoop."""
+    """The streamed rows of one talker engine, around its TalkerLoop.
 
-    def __init__(self, ctx, loop: TalkerLoop, model, port: str = "hidden", on_restart=None):
-        self.ctx, self.loop, self.model, self.port = ctx, loop, model, port
+    `row_of(bundle, speaker, complete)` builds a row's talker inputs from the hand-off so far;
+    `text_of(reply_chunks)` gives the text states of reply chunks that came later (all rows' in one call).
+    """
+
+    def __init__(self, ctx, loop: TalkerLoop, row_of, text_of, port: str = "hidden", on_restart=None):
+        self.ctx, self.loop, self.port = ctx, loop, port
+        self.row_of, self.text_of = row_of, text_of
         self.feeds: dict[str, _Feed] = {}
         # Called with the request whose own output starts over (the engine restarts its codes stream).
         self.on_restart = on_restart or (lambda req: None)
@@ -88,7 +93,10 @@ class TalkerFeeds:
                 if edge.ended and (not edge.chunks or edge.chunks[0] is None):
                     failed.append((f.req, FatalStageError("the thinker's stream ended without its states")))
                 elif edge.chunks and (len(edge.chunks) >= 2 or edge.ended):
-                    joining.append(self._build(f))
+                    try:
+                        joining.append(self._build(f))
+                    except FatalStageError as exc:  # e.g. a hand-off without the row's speaker
+                        failed.append((f.req, exc))
             elif f.row is not None and len(edge.chunks) > f.taken:
                 fed.append(f)
         self._feed(fed)
@@ -139,16 +147,17 @@ class TalkerFeeds:
 
     def _build(self, f: _Feed) -> tuple[StageRequest, TalkerRow, dict]:
         with torch.no_grad():
-            row = qwen3_talker_row(joined_handoff(f.edge.chunks), f.speaker, self.model, complete=f.edge.ended)
+            row = self.row_of(joined_handoff(f.edge.chunks), f.speaker, complete=f.edge.ended)
         f.taken, f.eos = len(f.edge.chunks), row.eos
         return f.req, row, f.sampling
 
     def _feed(self, feeds: list[_Feed]) -> None:
         """Give these rows the reply states their streams gained (all rows' in one projection)."""
-        new = [[c["reply_embeds"] for c in f.edge.chunks[f.taken:] if c is not None] for f in feeds]
-        sizes = [sum(e.shape[0] for e in embeds) for embeds in new]
-        flat = [e for embeds in new for e in embeds]
-        states = qwen3_text_states(torch.cat(flat), self.model).split(sizes) if flat else [None] * len(feeds)
+        new = [[c for c in f.edge.chunks[f.taken:] if c is not None] for f in feeds]
+        sizes = [sum(c["reply_ids"].shape[0] for c in chunks) for chunks in new]
+        flat = [c for chunks in new for c in chunks]
+        with torch.no_grad():
+            states = self.text_of(flat).split(sizes) if flat else [None] * len(feeds)
         for f, size, part in zip(feeds, sizes, states, strict=True):
             f.taken = len(f.edge.chunks)
             part = part if size else None

@@ -1,5 +1,6 @@
-"""Streamed edges on real Redis: attempts and restarts of the chunk transport, and the Qwen3-Omni
-talker streaming codes into code2wav, which decodes several jobs' chunks per call."""
+"""Streamed edges on real Redis: attempts and restarts of the chunk transport, the omni thinkers
+streaming their states to the talkers, and the Qwen3-Omni talker streaming codes into code2wav,
+which decodes several jobs' chunks per call."""
 
 from __future__ import annotations
 
@@ -185,8 +186,15 @@ def _talks(jobs, hidden=None, max_tokens: int = 24):
             for k, j in enumerate(jobs)]
 
 
-def test_thinker_streams_its_states_and_the_talker_speaks_them_as_they_come(config, spec, models_dir):
+@pytest.fixture(params=["qwen3_omni", "qwen2_5_omni"])
+def omni_spec(request):
+    return load_registry().get(request.param)
+
+
+def test_thinker_streams_its_states_and_the_talker_speaks_them_as_they_come(config, omni_spec, models_dir):
     from omnijobs.engines.hidden_stream import joined_handoff
+
+    spec = omni_spec
 
     thinker = _omni(spec, models_dir, "thinker", config)
     talker = _omni(spec, models_dir, "talker", config)
@@ -222,8 +230,10 @@ def test_thinker_streams_its_states_and_the_talker_speaks_them_as_they_come(conf
         assert torch.equal(streamed["codes"]["codes"], ref["codes"]["codes"])
 
 
-def test_a_row_waiting_for_its_text_is_parked_while_the_others_speak(config, spec, models_dir):
+def test_a_row_waiting_for_its_text_is_parked_while_the_others_speak(config, omni_spec, models_dir):
     from omnijobs.engines.hidden_stream import PORT, prompt_of, reply_of
+
+    spec = omni_spec
 
     thinker = _omni(spec, models_dir, "thinker")
     jobs = [f"pk-{k}-{time.time_ns()}" for k in range(2)]

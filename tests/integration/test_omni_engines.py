@@ -361,17 +361,30 @@ def test_tiny_models_are_shaped_for_vllm(models):
     assert talker["shared_expert_intermediate_size"] == 2 * talker["moe_intermediate_size"]
 
 
+def _min_codes(min_tokens: list[int], eos_ids: list[int], prompt_len: int = 0):
+    """A logits processor for `generate` that keeps each row from ending before its own min_tokens."""
+    from transformers import LogitsProcessor
+
+    class MinCodes(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            early = torch.tensor([input_ids.shape[1] - prompt_len < n for n in min_tokens])
+            if early.any():
+                scores[:, eos_ids] = scores[:, eos_ids].masked_fill(early.unsqueeze(1), float("-inf"))
+            return scores
+
+    return MinCodes()
+
+
 def _generate_codes(talker, reqs):
     """Reference: the same rows through transformers' own `generate` (the talker's codes, (G, T) per row)."""
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
-    from omnijobs.engines.omni_glue import qwen3_talker_row
-    from omnijobs.engines.qwen_omni import _bundle
+    from omnijobs.engines.omni_glue import handoff_bundle, qwen3_talker_row
     from omnijobs.engines.sampling import RowSampler, RowStop
-    from omnijobs.engines.talker import MinCodes, collate, talker_sampling
+    from omnijobs.engines.talker import collate, talker_sampling
 
     m = talker.model
-    rows = [qwen3_talker_row(_bundle(r), m.config.speaker_id["ethan"], m) for r in reqs]
+    rows = [qwen3_talker_row(handoff_bundle(r), m.config.speaker_id["ethan"], m) for r in reqs]
     sampling = [talker_sampling(r.run_id, r.params) for r in reqs]
     enc = collate(rows, 0, "cpu")
     extra = {k: enc[k] for k in ("image_grid_thw", "audio_feature_lengths") if k in enc}
@@ -383,7 +396,7 @@ def _generate_codes(talker, reqs):
             max_new_tokens=max(s["max_tokens"] for s in sampling), eos_token_id=talker.eos_ids,
             pad_token_id=m.config.codec_pad_id, suppress_tokens=talker.suppress, output_hidden_states=True,
             return_dict_in_generate=True,
-            logits_processor=LogitsProcessorList([MinCodes(0, [s["min_tokens"] for s in sampling], talker.eos_ids),
+            logits_processor=LogitsProcessorList([_min_codes([s["min_tokens"] for s in sampling], talker.eos_ids),
                                                   RowSampler(sampling, talker.eos_ids)]),
             stopping_criteria=StoppingCriteriaList([RowStop(0, [s["max_tokens"] for s in sampling],
                                                             [r.run_id for r in reqs], lambda _: False)]),
@@ -438,3 +451,69 @@ def test_qwen3_talker_loop_matches_generate_whatever_joins(models):
     while talker.loop.rows:
         rest.update((req.run_id, result["codes"]["codes"]) for req, result in talker.step())
     assert set(rest) == {"t0", "t2"} and all(torch.equal(rest[k], solo[k]) for k in rest)
+
+
+def _generate_codes_qwen2_5(talker, reqs):
+    """Reference: Qwen2.5-Omni talker rows through transformers' own `generate` (codes (T,) per row)."""
+    from transformers import LogitsProcessorList, StoppingCriteriaList
+
+    from omnijobs.engines.omni_glue import handoff_bundle, qwen2_5_talker_row
+    from omnijobs.engines.sampling import RowSampler, RowStop
+    from omnijobs.engines.talker import collate, talker_sampling
+
+    m = talker.model
+    rows = [qwen2_5_talker_row(handoff_bundle(r), "Chelsie", m) for r in reqs]
+    sampling = [talker_sampling(r.run_id, r.params) for r in reqs]
+    enc = collate(rows, m.codec_pad_token, "cpu")
+    prompt_len = enc["input_ids"].shape[1]
+    extra = {k: enc[k] for k in ("image_grid_thw", "audio_feature_lengths") if k in enc}
+    m.rope_deltas = None
+    with torch.no_grad():
+        out = m.generate(
+            input_ids=enc["input_ids"], inputs_embeds=enc["inputs_embeds"], attention_mask=enc["attention_mask"],
+            input_text_ids=enc["text_ids"], thinker_reply_part=enc["text"],
+            max_new_tokens=max(s["max_tokens"] for s in sampling), do_sample=False,
+            eos_token_id=talker.eos_ids, pad_token_id=m.codec_pad_token,
+            suppress_tokens=[m.codec_bos_token, m.codec_mask_token],
+            logits_processor=LogitsProcessorList([
+                _min_codes([s["min_tokens"] for s in sampling], talker.eos_ids, prompt_len),
+                RowSampler(sampling, talker.eos_ids)]),
+            stopping_criteria=StoppingCriteriaList([RowStop(prompt_len, [s["max_tokens"] for s in sampling],
+                                                            [r.run_id for r in reqs], lambda _: False)]),
+            **extra)
+    codes = []
+    for j, s in enumerate(sampling):
+        drawn = out[j, prompt_len:].tolist()[: s["max_tokens"]]
+        end = next((k for k, c in enumerate(drawn) if c in talker.eos_ids), len(drawn))
+        codes.append(torch.tensor(drawn[:end], dtype=torch.long))
+    return codes
+
+
+def test_qwen2_5_talker_loop_matches_generate_whatever_joins(models):
+    """Qwen2.5-Omni's talker in its decode loop draws the codes `generate` draws for the same rows
+    (media rows, greedy and sampled, own lengths), whichever rows it runs with and whenever they join."""
+    thinker = engine(models, "qwen2_5_omni_thinker", "tiny/qwen2_5_omni/thinker")
+    batch = thinker_batch() + [StageRequest(f"r{k}", {"prompt": PROMPTS[k % 3] * (k - 1)}, {"max_tokens": 6, "seed": k})
+                               for k in range(3, 6)]
+    hidden = [r["hidden"] for r in thinker.run(batch)]
+    talker = engine(models, "qwen2_5_omni_talker", "tiny/qwen2_5_omni/talker")
+    reqs = [StageRequest(f"t{k}", {"hidden": h}, {"max_tokens": 20 + 5 * k, "min_tokens": 3, "seed": 10 + k,
+                                                   "temperature": 0.0 if k % 3 == 0 else 0.9,
+                                                   "top_p": 1.0 if k % 2 else 0.8})
+            for k, h in enumerate(hidden)]
+    reference = _generate_codes_qwen2_5(talker, reqs)
+    together = [r["codes"]["codes"] for r in talker.run(reqs)]
+    assert any(ref.shape[0] < req.params["max_tokens"] for ref, req in zip(reference, reqs, strict=True))
+    for ref, got in zip(reference, together, strict=True):
+        assert torch.equal(got, ref)
+    solo = {}
+    for wave_ in [[4], [0, 5], [2], [3, 1]]:
+        for req in (reqs[k] for k in wave_):
+            assert talker.add(req) is None
+        for req, result in talker.step():
+            solo[req.run_id] = result["codes"]["codes"]
+    while talker.loop.rows:
+        for req, result in talker.step():
+            solo[req.run_id] = result["codes"]["codes"]
+    for got, req in zip(together, reqs, strict=True):
+        assert torch.equal(solo[req.run_id], got), req.run_id

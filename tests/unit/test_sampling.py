@@ -8,7 +8,6 @@ import torch
 
 from omnijobs.engines.base import StageRequest
 from omnijobs.engines.sampling import RowSampler, RowStop, RowStreams, sampling_row
-from omnijobs.engines.talker import MinCodes
 
 VOCAB = 50
 
@@ -102,10 +101,7 @@ def test_row_streams_are_uniform_and_per_seed():
     assert abs(float(draws.mean()) - 0.5) < 0.03
 
 
-def test_min_codes_and_row_stop_per_row():
-    scores = torch.zeros((2, 6))
-    out = MinCodes(prompt_len=3, min_tokens=[5, 1], eos_ids=[4, 5])(torch.zeros((2, 4), dtype=torch.long), scores)
-    assert torch.isinf(out[0, 4:]).all() and torch.isfinite(out[1]).all() and torch.isfinite(out[0, :4]).all()
+def test_row_stop_per_row():
     stop = RowStop(prompt_len=2, max_tokens=[3, 8], run_ids=["a", "b"], should_stop=lambda r: r == "b")
     assert stop(torch.zeros((2, 5), dtype=torch.long), None).tolist() == [True, True]
     stop = RowStop(prompt_len=2, max_tokens=[3, 8], run_ids=["a", "b"], should_stop=lambda r: False)
