@@ -19,8 +19,10 @@ job's chunks are checked to join to exactly its stored WAV.
 
     .venv/bin/python -m loadtest.streamed_audio [--repeats 3] [--concurrency 1,16] [--talker-codes 100]
 
-`--pipeline qwen2_5_omni` measures Qwen2.5-Omni's talker → token2wav edge the same way (its codes
-are 20 ms of audio each: `--talker-codes 400` speaks as long as Qwen3-Omni's 100).
+`--pipeline qwen2_5_omni` measures Qwen2.5-Omni the same way (both of its hand-offs stream too).
+Its codes are 20 ms of audio each, so by default it speaks 400 of them, as long as Qwen3-Omni's
+100 (8 s): the first audio costs about the same whatever the reply's length, so its ratio to the
+end-to-end time shrinks with longer replies, and both pipelines are measured on the same length.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ STREAMED, WHOLE = "qwen3_omni", "qwen3_omni_whole"
 STAGES = ("thinker", "talker", "code2wav")
 # The pipelines measured (--pipeline): their stages, the last one streamed from the talker.
 MEASURED = {"qwen3_omni": ("thinker", "talker", "code2wav"), "qwen2_5_omni": ("thinker", "talker", "token2wav")}
+# Codec frames a job speaks by default: 8 s of audio in both families (80 ms a frame in Qwen3-Omni,
+# 20 ms in Qwen2.5-Omni), so their ratios are measured on replies of the same length.
+DEFAULT_CODES = {"qwen3_omni": 100, "qwen2_5_omni": 400}
 
 
 def whole_pipeline(folder: Path) -> None:
@@ -209,8 +214,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=0,
                         help="jobs per side and concurrency (default: 3 at concurrency 1, else the concurrency)")
     parser.add_argument("--thinker-tokens", type=int, default=16)
-    parser.add_argument("--talker-codes", type=int, default=100,
-                        help="codec frames per job (80 ms of audio each for qwen3_omni, 20 ms for qwen2_5_omni)")
+    parser.add_argument("--talker-codes", type=int, default=0,
+                        help="codec frames per job (80 ms of audio each for qwen3_omni, 20 ms for qwen2_5_omni; "
+                             "default: 8 s of audio, 100 and 400)")
     parser.add_argument("--models", type=Path, default=None, help="OMNIJOBS_MODELS_DIR (default: the settings')")
     parser.add_argument("--pipeline", default="qwen3_omni", choices=sorted(MEASURED))
     args = parser.parse_args()
@@ -226,7 +232,7 @@ def main() -> None:
     if args.models is None:
         stages_dir = resolve_model_path(load_registry().get(STREAMED).stages["thinker"].model, models).parent
         build_tiny(models, only=[str(stages_dir.relative_to(models))])
-    sizes = (args.thinker_tokens, args.talker_codes)
+    sizes = (args.thinker_tokens, args.talker_codes or DEFAULT_CODES[args.pipeline])
     levels = [int(c) for c in args.concurrency.split(",")]
     extra = Path(tempfile.mkdtemp(prefix="omnijobs-bench-pipelines-"))
     results: dict[int, dict[str, list[dict]]] = {c: {STREAMED: [], WHOLE: []} for c in levels}

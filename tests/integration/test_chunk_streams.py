@@ -267,8 +267,11 @@ def test_a_row_waiting_for_its_text_is_parked_while_the_others_speak(config, omn
         assert torch.equal(got["codes"]["codes"], want["codes"]["codes"])
 
 
-def test_a_new_thinker_attempt_restarts_the_talker_row_and_its_codes_stream(config, spec, models_dir):
+def test_a_new_thinker_attempt_restarts_the_talker_row_and_its_codes_stream(config, omni_spec, models_dir):
     from omnijobs.engines.hidden_stream import PORT, prompt_of, reply_of, send_handoff
+
+    spec = omni_spec
+    decoder = next(name for name, stage in spec.stages.items() if "talker.codes" in stage.inputs.values())
 
     thinker = _omni(spec, models_dir, "thinker")
     job = f"rs-{time.time_ns()}"
@@ -298,17 +301,19 @@ def test_a_new_thinker_attempt_restarts_the_talker_row_and_its_codes_stream(conf
     # Its codes stream restarted too: a reader ends at the second attempt, holding exactly those codes.
     attempts = {int(f[b"attempt"]) for _, f in client.xrange(codes_key)}
     assert attempts == {1, 2}
-    edge = ChunkStreams(config, spec, "code2wav").open(job, "talker.codes")
-    ChunkStreams(config, spec, "code2wav").read([edge], 100)
+    edge = ChunkStreams(config, spec, decoder).open(job, "talker.codes")
+    ChunkStreams(config, spec, decoder).read([edge], 100)
     assert edge.attempt == 2 and edge.ended
-    assert torch.equal(torch.from_numpy(np.concatenate([c for c in edge.chunks if c is not None], axis=1)),
-                       ref["codes"]["codes"])
+    streamed = torch.from_numpy(np.concatenate([c for c in edge.chunks if c is not None], axis=1))
+    assert torch.equal(streamed, ref["codes"]["codes"].reshape(streamed.shape[0], -1))
 
 
-def test_a_talker_row_whose_stream_lost_chunks_fails_alone_and_leaves_the_batch(config, spec, models_dir):
+def test_a_talker_row_whose_stream_lost_chunks_fails_alone_and_leaves_the_batch(config, omni_spec, models_dir):
     from omnijobs.engines.hidden_stream import PORT, prompt_of, reply_of
     from omnijobs.errors import RetryableStageError
     from omnijobs.streaming.chunks import encode_payload
+
+    spec = omni_spec
 
     thinker = _omni(spec, models_dir, "thinker")
     job = f"lost-{time.time_ns()}"
