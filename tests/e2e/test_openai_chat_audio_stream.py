@@ -49,7 +49,7 @@ def long_talker() -> str:
 def unstreamed(text: str) -> str:
     """The pipeline with its streamed edges made plain: audio only once the job has ended."""
     text, n = re.subn(r"^\s+streams:.*\n", "", text, flags=re.M)
-    assert n == 1
+    assert n == 2  # thinker → talker and talker → token2wav
     return text
 
 

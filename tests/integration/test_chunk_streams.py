@@ -273,16 +273,20 @@ def test_a_new_thinker_attempt_restarts_the_talker_row_and_its_codes_stream(conf
     spec = omni_spec
     decoder = next(name for name, stage in spec.stages.items() if "talker.codes" in stage.inputs.values())
 
+    # The first attempt writes enough reply states for the talker to send the decoder's first chunk
+    # of codes (one state per code), then dies.
+    sent = spec.stage(decoder).streams["codes"].first_chunk + 2
     thinker = _omni(spec, models_dir, "thinker")
     job = f"rs-{time.time_ns()}"
-    dying, = thinker.run(_thoughts([job], [12]))
+    dying, = thinker.run(_thoughts([job], [sent + 6]))
+    assert dying["hidden"]["reply_ids"].shape[0] > sent
     # The retry draws another reply (another seed): nothing of the first attempt may be in the result.
     retry, = thinker.run([StageRequest("t2", {"prompt": "say 0", "modalities": ["text", "audio"]},
                                        {"max_tokens": 12, "seed": 99, "temperature": 0.7}, job)])
     talker = _omni(spec, models_dir, "talker", config)
     writer = ChunkStreams(config, spec, "thinker")
     first = req(job, "t")  # the first attempt's writer row
-    writer.emit_many([(first, PORT, prompt_of(dying["hidden"]), False), (first, PORT, reply_of(dying["hidden"], 0, 6), False)])
+    writer.emit_many([(first, PORT, prompt_of(dying["hidden"]), False), (first, PORT, reply_of(dying["hidden"], 0, sent), False)])
     talked = []
     speaker = threading.Thread(target=lambda: talked.extend(talker.run(_talks([job]))), daemon=True)
     speaker.start()
