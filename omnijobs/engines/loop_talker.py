@@ -10,6 +10,7 @@ once the thinker's first reply token is out and takes the rest as it comes (engi
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any
 
 import torch
@@ -39,17 +40,17 @@ class LoopTalkerEngine(Engine):
 
     # ------------------------------------------------------------------ the family's parts
 
+    @abstractmethod
     def _prepare(self, req: StageRequest) -> tuple[dict[str, Any], Any]:
         """The row's sampling state and speaker; FatalStageError for a bad request."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _talker_row(self, bundle: dict[str, torch.Tensor], speaker: Any, complete: bool = True) -> TalkerRow:
         """The row's talker inputs from the thinker's hand-off (`complete=False`: its reply is still coming)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _text_states(self, replies: list[dict[str, torch.Tensor]]) -> torch.Tensor:
         """The text states (n, D) of more reply tokens that came on the stream, all rows' at once."""
-        raise NotImplementedError
 
     def _outputs(self, req: StageRequest, codes: torch.Tensor) -> dict[str, Any]:
         """The row's result from its codes (G, T)."""

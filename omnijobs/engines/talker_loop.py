@@ -24,6 +24,7 @@ attention. A family subclass says how to prefill, how a frame is made, and how o
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,14 +67,14 @@ class Parked:
     sampler: RowSampler
 
 
-class TalkerLoop:
+class TalkerLoop(ABC):
     """The running batch of one talker model; a family subclass fills in its model's calls."""
 
     def __init__(self, model, device, suppress: list[int], eos_ids: list[int], cache_config, groups: int,
                  hidden_size: int):
         self.m, self.device, self.eos_ids, self.cache_config = model, device, list(eos_ids), cache_config
         self.eos = torch.tensor(self.eos_ids)
-        self.suppress = list(suppress)
+        self.suppress = torch.tensor(suppress, dtype=torch.long, device=device)  # indexed at every draw
         self.groups = groups  # codes per frame
         self.rows: list[LoopRow] = []
         self.cache: DynamicCache | None = None
@@ -89,19 +90,19 @@ class TalkerLoop:
 
     # ------------------------------------------------------------------ the family's model calls
 
+    @abstractmethod
     def _prefill(self, enc: dict[str, torch.Tensor], cache: DynamicCache) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the collated rows' prefill into `cache`, setting the model's `rope_deltas`; returns
         the last position's logits (B, V) and carried state (B, 1, H)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _frame(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every row's frame from its drawn code: the frame's codes (B, G) on the CPU and their
         summed embeddings (B, 1, D), the input of the next step before its text state."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _forward(self, inputs: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One decode step of the batch on `self.cache` and `self.mask`; as `_prefill` returns."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ rows in and out
 
@@ -189,7 +190,7 @@ class TalkerLoop:
         until the row's `min_tokens`, then the row's own sampler (the order of `generate`'s
         processors)."""
         scores = logits.float()
-        if self.suppress:
+        if self.suppress.numel():
             scores[:, self.suppress] = float("-inf")
         early = torch.tensor([len(r.frames) < r.sampling["min_tokens"] for r in rows], device=scores.device)
         if early.any():

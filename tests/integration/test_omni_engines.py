@@ -410,6 +410,18 @@ def _generate_codes(talker, reqs):
     return codes
 
 
+def _joined_in_waves(talker, reqs, waves: list[list[int]]) -> dict:
+    """Each row's codes when rows join the talker's running batch a wave per step, in this order."""
+    codes = {}
+    for wave_ in waves:
+        for req in (reqs[k] for k in wave_):
+            assert talker.add(req) is None
+        codes.update((req.run_id, result["codes"]["codes"]) for req, result in talker.step())
+    while talker.loop.rows:
+        codes.update((req.run_id, result["codes"]["codes"]) for req, result in talker.step())
+    return codes
+
+
 def test_qwen3_talker_loop_matches_generate_whatever_joins(models):
     """The talker's own decode loop draws the codes transformers' `generate` draws for the same rows
     (media rows, greedy and sampled, own lengths), and a row's codes do not depend on which rows
@@ -430,16 +442,7 @@ def test_qwen3_talker_loop_matches_generate_whatever_joins(models):
         assert got.shape[1] == ref.shape[1] or got.shape[1] == ref.shape[1] + 1 == req.params["max_tokens"]
         assert torch.equal(got[:, : ref.shape[1]], ref)
     # Rows joining a running batch at different steps, in another order.
-    solo = {}
-    waves = [[4], [0, 5], [2], [3, 1]]
-    for wave_ in waves:
-        for req in (reqs[k] for k in wave_):
-            assert talker.add(req) is None
-        for req, result in talker.step():
-            solo[req.run_id] = result["codes"]["codes"]
-    while talker.loop.rows:
-        for req, result in talker.step():
-            solo[req.run_id] = result["codes"]["codes"]
+    solo = _joined_in_waves(talker, reqs, [[4], [0, 5], [2], [3, 1]])
     for got, req in zip(together, reqs, strict=True):
         assert torch.equal(solo[req.run_id], got), req.run_id
     # A canceled row leaves the batch; the others go on unchanged.
@@ -506,14 +509,6 @@ def test_qwen2_5_talker_loop_matches_generate_whatever_joins(models):
     assert any(ref.shape[0] < req.params["max_tokens"] for ref, req in zip(reference, reqs, strict=True))
     for ref, got in zip(reference, together, strict=True):
         assert torch.equal(got, ref)
-    solo = {}
-    for wave_ in [[4], [0, 5], [2], [3, 1]]:
-        for req in (reqs[k] for k in wave_):
-            assert talker.add(req) is None
-        for req, result in talker.step():
-            solo[req.run_id] = result["codes"]["codes"]
-    while talker.loop.rows:
-        for req, result in talker.step():
-            solo[req.run_id] = result["codes"]["codes"]
+    solo = _joined_in_waves(talker, reqs, [[4], [0, 5], [2], [3, 1]])
     for got, req in zip(together, reqs, strict=True):
         assert torch.equal(solo[req.run_id], got), req.run_id
